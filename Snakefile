@@ -1,0 +1,29 @@
+# cordflow: text QA -> spoken questions -> base -> SFT warm-up -> CORD -> audio-text gap.
+# Each rule is a thin `python -m cordflow <stage>` call; the work lives in workflow/cordflow.
+from snakemake.utils import min_version, validate
+
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/source.smk"
+include: "rules/tts.smk"
+include: "rules/models.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

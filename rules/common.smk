@@ -1,0 +1,80 @@
+# Helpers shared by every rule file. The config slice a rule reads is defined once, in
+# cordflow.config.RULE_KEYS; rules pass it as params so a change reruns exactly that rule
+# and its dependants. `code` params hash the stage's source so a code edit reruns it too.
+import os
+import shlex
+import sys
+from pathlib import Path
+
+PKG_ROOT = Path(workflow.basedir) / "workflow"
+sys.path.insert(0, str(PKG_ROOT))
+# Jobs (local or Slurm) inherit this, so `python -m cordflow` runs this checkout's code.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(PKG_ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+
+from cordflow.config import code_version, dumps, rule_params
+
+CORDFLOW = "python -m cordflow"
+SPLITS = config["source"]["splits"]
+N_SHARDS = config["tts"]["n_shards"]
+METHODS = config["train"]["methods"]
+MODELS = ["base", "warmup", *METHODS]
+BENCHMARKS = {b["name"]: b for b in config["evaluate"]["benchmarks"]}
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    model="|".join(MODELS),
+    method="|".join(METHODS) if METHODS else "(?!)",
+    benchmark="|".join(BENCHMARKS),
+    k=r"\d+",
+
+
+def params_of(rule, **extra):
+    """The rule's config slice as canonical JSON (passed quoted: never shell-parsed)."""
+    return dumps(rule_params(rule, config, **extra))
+
+
+def repeat_opt(flag, paths):
+    """`--flag a --flag b`, each path shell-quoted."""
+    return " ".join(f"{flag} {shlex.quote(str(p))}" for p in paths)
+
+
+def qa_table(split):
+    return f"results/qa/{split}.parquet"
+
+
+def local_source_files():
+    """User QA files are inputs, so editing one reruns sourcing (checksummed)."""
+    return [f["path"] for f in config["source"]["files"]]
+
+
+def shard_plan(wildcards):
+    """Shard plans come from a checkpoint: after it runs, unchanged plans keep their
+    checksum and their shards do not rerun (a new item touches one shard)."""
+    plan_dir = checkpoints.tts_plan.get().output[0]
+    return f"{plan_dir}/{wildcards.k}.parquet"
+
+
+def model_dir(model):
+    return f"results/models/{model}"
+
+
+def eval_inputs(wildcards):
+    bench = BENCHMARKS[wildcards.benchmark]
+    inputs = {"model": model_dir(wildcards.model)}
+    if bench["kind"] == "qa_split":
+        inputs["qa"] = qa_table(bench["split"])
+        inputs["manifest"] = "results/audio/manifest.parquet"
+    return inputs
+
+
+def eval_tables():
+    return expand(
+        "results/eval/{model}/{benchmark}.parquet", model=MODELS, benchmark=BENCHMARKS
+    )
+
+
+def final_outputs():
+    return ["results/eval/gap_table.csv", "results/eval/gap_plot.png"]

@@ -1,0 +1,46 @@
+rule evaluate:
+    input:
+        unpack(eval_inputs),
+    output:
+        "results/eval/{model}/{benchmark}.parquet",
+    params:
+        cfg=params_of("evaluate"),
+        code=code_version("evaluate"),
+        data=lambda wildcards, input: " ".join(
+            repeat_opt(f"--{k}", [input[k]]) for k in ("qa", "manifest") if k in input.keys()
+        ),
+    log:
+        "logs/evaluate/{model}/{benchmark}.log",
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "{CORDFLOW} evaluate --params {params.cfg:q} --model {input.model:q}"
+        " --model-name {wildcards.model} --benchmark {wildcards.benchmark} {params.data}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule summarize:
+    input:
+        eval_tables(),
+    output:
+        table=report(
+            "results/eval/gap_table.csv",
+            caption="../report/gap_table.rst",
+            category="Audio-text gap",
+        ),
+        plot=report(
+            "results/eval/gap_plot.png",
+            caption="../report/gap_plot.rst",
+            category="Audio-text gap",
+        ),
+    params:
+        cfg=params_of("summarize"),
+        code=code_version("summarize"),
+        evals=lambda wildcards, input: repeat_opt("--eval", input),
+    log:
+        "logs/summarize.log",
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "{CORDFLOW} summarize --params {params.cfg:q} {params.evals}"
+        " --out-table {output.table:q} --out-plot {output.plot:q} > {log:q} 2>&1"

@@ -1,0 +1,19 @@
+rule source:
+    input:
+        local_source_files(),
+    output:
+        qa=expand("results/qa/{split}.parquet", split=SPLITS),
+        rejected=report(
+            "results/qa/rejected.parquet",
+            caption="../report/rejected.rst",
+            category="Data",
+        ),
+    params:
+        cfg=params_of("source"),
+        code=code_version("source"),
+    log:
+        "logs/source.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "{CORDFLOW} source --params {params.cfg:q} --out-dir results/qa > {log:q} 2>&1"

@@ -1,0 +1,49 @@
+checkpoint tts_plan:
+    input:
+        qa=expand("results/qa/{split}.parquet", split=SPLITS),
+    output:
+        directory("results/audio/plan"),
+    params:
+        cfg=params_of("tts_plan"),
+        code=code_version("tts_plan"),
+        qa=lambda wildcards, input: repeat_opt("--qa", input.qa),
+    log:
+        "logs/tts/plan.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "{CORDFLOW} tts-plan --params {params.cfg:q} {params.qa} --out-dir {output:q} > {log:q} 2>&1"
+
+
+rule tts_shard:
+    input:
+        plan=shard_plan,
+    output:
+        "results/audio/shards/{k}.parquet",
+    params:
+        cfg=params_of("tts_shard"),
+        code=code_version("tts_shard"),
+    log:
+        "logs/tts/shard_{k}.log",
+    conda:
+        "../envs/tts.yaml"
+    shell:
+        "{CORDFLOW} tts-shard --params {params.cfg:q} --plan {input.plan:q}"
+        " --out {output:q} --store results/audio/store > {log:q} 2>&1"
+
+
+rule tts_gather:
+    input:
+        shards=expand("results/audio/shards/{k}.parquet", k=range(N_SHARDS)),
+    output:
+        "results/audio/manifest.parquet",
+    params:
+        cfg=params_of("tts_gather"),
+        code=code_version("tts_gather"),
+        shards=lambda wildcards, input: repeat_opt("--shards", input.shards),
+    log:
+        "logs/tts/gather.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "{CORDFLOW} tts-gather --params {params.cfg:q} {params.shards} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,3 @@
+from cordflow.cli import app
+
+app(prog_name="cordflow")

@@ -1,0 +1,153 @@
+"""Configuration: schema validation with defaults, and the config slice each rule reads.
+
+The Snakefile validates with ``snakemake.utils.validate``; :func:`load_config` does the
+same outside Snakemake (for the CLI by hand and for tests), so both see identical values.
+:data:`RULE_KEYS` is the single place that says which config a rule reads: the rules pass
+exactly that slice as ``params`` (a change reruns that rule and its dependants only).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PKG_DIR = Path(__file__).resolve().parent
+REPO_DIR = PKG_DIR.parent.parent
+SCHEMA = REPO_DIR / "config" / "schema.yaml"
+
+# rule -> dotted config keys it reads (its params). Keep in step with the stage code.
+RULE_KEYS: dict[str, list[str]] = {
+    "source": ["seed", "source"],
+    "tts_plan": ["tts.n_shards"],
+    "tts_shard": [
+        "seed",
+        "tts.backend",
+        "tts.heldout_splits",
+        "tts.voices",
+        "tts.post",
+        "tts.quality",
+        "tts.coqui",
+    ],
+    "tts_gather": [],
+    "base": ["seed", "model", "base"],
+    "sft": ["seed", "model", "sft"],
+    "train": ["seed", "model", "train"],
+    "evaluate": ["seed", "model", "evaluate"],
+    "summarize": ["evaluate"],
+}
+
+# rule -> the package files (relative to cordflow/) whose code it runs. Their content hash
+# is a param, so editing one stage's code reruns that stage (shell rules are otherwise blind
+# to code changes). Shared infrastructure that only moves bytes around is not listed.
+RULE_CODE: dict[str, list[str]] = {
+    "source": ["source"],
+    "tts_plan": ["tts/plan.py"],
+    "tts_shard": ["tts"],
+    "tts_gather": ["tts/gather.py"],
+    "base": ["models.py", "base.py", "training.py"],
+    "sft": ["models.py", "sft.py", "training.py"],
+    "train": ["models.py", "train", "training.py"],
+    "evaluate": ["models.py", "evaluate"],
+    "summarize": ["summarize.py"],
+}
+
+
+def _default_extending_validator():
+    import jsonschema
+    from jsonschema import validators
+
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for prop, sub in properties.items():
+            if "default" in sub and isinstance(instance, dict):
+                instance.setdefault(prop, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(base, {"properties": set_defaults})
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """Validate ``config`` in place against the schema, filling defaults (as Snakemake does)."""
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    schema_path = Path(schema_path).resolve()
+
+    def retrieve(uri: str):
+        path = Path(uri.removeprefix("file://"))
+        return Resource.from_contents(yaml.safe_load(path.read_text()), DRAFT202012)
+
+    schema = yaml.safe_load(schema_path.read_text())
+    schema["$id"] = schema_path.as_uri()
+    validator = _default_extending_validator()(schema, registry=Registry(retrieve=retrieve))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for e in errors:
+            where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+            lines.append(f"config key '{where}': {e.message}")
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(lines))
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config, merge ``overrides`` (nested dicts), validate and fill defaults."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config)
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def get_key(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def rule_params(rule: str, config: dict, **extra: Any) -> dict:
+    """The config slice ``rule`` reads, as a nested dict (plus ``extra`` items)."""
+    out: dict = {}
+    for dotted in RULE_KEYS[rule]:
+        parts = dotted.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(get_key(config, dotted))
+    out.update(extra)
+    return out
+
+
+def code_version(rule: str) -> str:
+    """sha256 (16 hex) over the source files of the modules ``rule`` runs."""
+    h = hashlib.sha256()
+    for rel in RULE_CODE[rule]:
+        target = PKG_DIR / rel
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for f in files:
+            if f.exists():
+                h.update(str(f.relative_to(PKG_DIR)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): stable params strings for Snakemake."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,76 @@
+"""What every stage run shares: params parsing, seeding, logging, timing, provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+log = logging.getLogger("cordflow")
+
+
+def parse_params(params: str) -> dict:
+    """``--params`` is a JSON object, or ``@path`` to a JSON file."""
+    text = Path(params[1:]).read_text() if params.startswith("@") else params
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--params is not valid JSON ({e}); pass the rule's config slice") from e
+    if not isinstance(value, dict):
+        raise SystemExit("--params must be a JSON object")
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+@contextmanager
+def stage_run(
+    rule: str,
+    params: dict,
+    inputs: Iterable[str | Path],
+    outputs: Iterable[str | Path],
+) -> Iterator[list[Path]]:
+    """Run a stage: seed, log, time it, and on success write a provenance record per output.
+
+    The body may append extra output paths to the yielded list (files whose names are
+    only known at run time, such as content-addressed audio).
+    """
+    from cordflow import provenance
+
+    setup_logging()
+    seed_everything(int(params.get("seed", 0)))
+    started = dt.datetime.now(dt.timezone.utc)
+    log.info("rule %s: params %s", rule, json.dumps(params, sort_keys=True))
+    extra: list[Path] = []
+    yield extra
+    ended = dt.datetime.now(dt.timezone.utc)
+    provenance.write_records(rule, list(inputs), [*outputs, *extra], params, started, ended)
+    log.info("rule %s done in %.1f s", rule, (ended - started).total_seconds())
