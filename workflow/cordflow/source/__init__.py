@@ -1,0 +1,102 @@
+"""Stage ``source``: text QA from the built-in generator, local files and staged HF datasets.
+
+Writes ``{split}.parquet`` per split in ``source.splits`` (schema :data:`QA_SCHEMA`, sorted
+by id) and ``rejected.parquet`` (schema :data:`REJECTED_SCHEMA`: source, origin, reason,
+row). Rows in = kept + rejected, per source and in total, or the stage fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import yaml
+
+# Only the schema is imported eagerly: other stages import QA_SCHEMA / read_qa from here
+# in environments without the sourcing packages (num2words, datasets).
+from cordflow.source.schema import (
+    QA_ARROW,
+    QA_SCHEMA,
+    REJECTED_ARROW,
+    REJECTED_SCHEMA,
+    qa_frame,
+    read_qa,
+    rejected_frame,
+    write_table,
+)
+
+__all__ = ["QA_SCHEMA", "REJECTED_SCHEMA", "read_qa", "run", "input_paths", "output_paths",
+           "source_config"]
+
+log = logging.getLogger("cordflow.source")
+
+
+def source_config(params: dict) -> dict:
+    """The ``source`` section validated against config/schema.yaml, defaults filled in
+    (so ``--params`` given by hand may leave keys out)."""
+    from cordflow.config import SCHEMA, _default_extending_validator
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["source"]
+    cfg = copy.deepcopy(params.get("source") or {})
+    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
+    if errors:
+        lines = [f"source/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        raise ValueError("invalid source config:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def output_paths(params: dict, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    splits = source_config(params)["splits"]
+    return [out_dir / f"{s}.parquet" for s in splits] + [out_dir / "rejected.parquet"]
+
+
+def input_paths(params: dict) -> list[Path]:
+    """Local files and staged HF dataset folders (for provenance)."""
+    cfg = source_config(params)
+    paths = [Path(f["path"]) for f in cfg["files"]]
+    paths += [Path(e["path"]) for e in cfg["hf"] if Path(e["path"]).exists()]
+    return paths
+
+
+def _batches(cfg: dict, seed: int) -> list:
+    """(label, candidates, total) per source; every file and dataset is checked up front,
+    so a missing one fails before any work is done."""
+    from cordflow.source import builtin, files, hf
+
+    splits = cfg["splits"]
+    batches = []
+    if cfg["builtin"]["enabled"]:
+        total = builtin.count(cfg["builtin"], splits)
+        batches.append(("builtin", builtin.candidates(cfg["builtin"], splits, seed), total))
+    for i, entry in enumerate(cfg["files"]):
+        where = f"source.files[{i}]"
+        files.check_entry(entry, where)
+        batches.append((f"{where} {files.source_name(entry)}", files.candidates(entry, where),
+                        None))
+    for i, entry in enumerate(cfg["hf"]):
+        where = f"source.hf[{i}]"
+        hf.mapping(entry)
+        loaded = hf.load(entry, where)
+        batches.append((f"{where} {hf.source_name(entry)}", hf.candidates(entry, where, loaded),
+                        hf.count(entry, loaded, where)))
+    return batches
+
+
+def run(params: dict, out_dir: str | Path) -> None:
+    from cordflow.source.rows import process
+
+    cfg = source_config(params)
+    seed = int(params.get("seed", 0))
+    out_dir = Path(out_dir)
+    outcome = process(_batches(cfg, seed), cfg["splits"], cfg["max_chars"])
+
+    for split in cfg["splits"]:
+        rows = sorted((r for r in outcome.kept if r["split"] == split), key=lambda r: r["id"])
+        df = QA_SCHEMA.validate(qa_frame(rows))
+        write_table(df, out_dir / f"{split}.parquet", QA_ARROW)
+        log.info("wrote %s: %d rows", out_dir / f"{split}.parquet", len(df))
+    rejected = REJECTED_SCHEMA.validate(rejected_frame(outcome.rejected))
+    write_table(rejected, out_dir / "rejected.parquet", REJECTED_ARROW)
+    log.info("wrote %s: %d rows", out_dir / "rejected.parquet", len(rejected))
