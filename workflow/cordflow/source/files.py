@@ -32,16 +32,16 @@ def file_format(entry: dict, where: str) -> str:
     return FORMATS[suffix]
 
 
-def _mapping(entry: dict) -> dict[str, str | None]:
-    m = {"question": "question", "answer": "answer", "choices": None, "answer_type": None,
-         "split": None}
-    m.update(entry.get("mapping") or {})
-    return m
+def _columns(entry: dict) -> dict[str, str]:
+    """Field -> column. A field not mapped (null) reads the column of its own name when
+    there is one (question and answer default to "question" and "answer")."""
+    mapping = entry.get("mapping") or {}
+    return {f: mapping.get(f) or f for f in FIELDS}
 
 
 def _candidate(entry: dict, name: str, origin: str, row: dict, raw: Any) -> Candidate:
-    m = _mapping(entry)
-    values = {f: (row.get(m[f]) if m[f] else None) for f in FIELDS}
+    cols = _columns(entry)
+    values = {f: row.get(cols[f]) for f in FIELDS}
     if entry.get("split"):
         values["split"] = entry["split"]
     if values["answer_type"] is None and entry.get("answer_type", "auto") != "auto":
@@ -77,11 +77,17 @@ def _jsonl(entry: dict, name: str, path: Path) -> Iterator[Candidate]:
 
 
 def _check_columns(entry: dict, where: str, columns: list[str]) -> None:
-    m = _mapping(entry)
+    """csv and parquet have a header: a mapped column that is not there fails at once."""
+    mapping = entry.get("mapping") or {}
     for f in FIELDS:
-        if m[f] and m[f] not in columns and not (f == "split" and entry.get("split")):
-            raise ValueError(f"{where}.mapping.{f}: column '{m[f]}' is not in {entry['path']} "
+        col = mapping.get(f) or (f if f in ("question", "answer") else None)
+        if col and col not in columns and not (f == "split" and entry.get("split")):
+            raise ValueError(f"{where}.mapping.{f}: column '{col}' is not in {entry['path']} "
                              f"(columns: {columns}); fix the mapping")
+    if not entry.get("split") and _columns(entry)["split"] not in columns:
+        raise ValueError(f"{where}: {entry['path']} has no split column; give `split` (one "
+                         "split for every row) or `mapping.split` (the column with each row's "
+                         "split)")
 
 
 def _csv(entry: dict, name: str, path: Path, where: str) -> Iterator[Candidate]:
@@ -143,9 +149,6 @@ def check_entry(entry: dict, where: str) -> Path:
         raise FileNotFoundError(f"{where}.path: no such file '{entry['path']}' (relative paths "
                                 f"are from the working directory {Path.cwd()})")
     file_format(entry, where)
-    if not entry.get("split") and not _mapping(entry)["split"]:
-        raise ValueError(f"{where}: give `split` (one split for every row) or `mapping.split` "
-                         "(the column that holds each row's split)")
     return path
 
 

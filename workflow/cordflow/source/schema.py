@@ -95,7 +95,7 @@ REJECTED_SCHEMA = pa.DataFrameSchema(
     {
         "source": pa.Column(str),
         "origin": pa.Column(str, _nonblank()),
-        "reason": pa.Column(str, pa.Check.str_matches(r"^[a-z_]+: .+")),
+        "reason": pa.Column(str, pa.Check.str_matches(r"^[a-z][a-z0-9_]*: .+")),
         "row": pa.Column(str),
     },
     strict=True,
@@ -109,7 +109,7 @@ def qa_frame(rows: list[dict]) -> pd.DataFrame:
     for col in QA_COLUMNS:
         if col != "choices":
             df[col] = df[col].astype(str)
-    df["choices"] = df["choices"].astype(object)
+    df["choices"] = pd.Series(list(df["choices"]), index=df.index, dtype=object)
     return df
 
 
@@ -129,5 +129,6 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: pa_arrow.Schema) -> 
 def read_qa(path: str | Path) -> pd.DataFrame:
     """Read a QA table: ``choices`` as lists of str (or None), checked by QA_SCHEMA."""
     df = pq.read_table(path).to_pandas()
-    df["choices"] = [None if c is None else [str(x) for x in c] for c in df["choices"]]
+    df["choices"] = pd.Series([None if c is None else [str(x) for x in c] for c in df["choices"]],
+                              index=df.index, dtype=object)
     return QA_SCHEMA.validate(df)
