@@ -148,6 +148,8 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path):
                      "split": "train"}).encode(), "bad_answer_type", "'date'"),
         (json.dumps({"question": "Choose.", "answer": "A", "choices": ["only one"],
                      "split": "train"}).encode(), "bad_choices", "1 choices"),
+        (json.dumps({"question": {"text": "nested"}, "answer": "1", "split": "train"}).encode(),
+         "bad_field", "question is a dict"),
     ]
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join(lines + [b""] + [b for b, _, _ in bad]) + b"\n")

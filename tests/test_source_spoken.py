@@ -116,3 +116,35 @@ def test_unspeakable(text, code, detail):
         speak(text)
     assert e.value.code == code
     assert detail in e.value.detail
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{" * 200 + "x" + "}" * 200, "$" + r"\sqrt{" * 100 + "x" + "}" * 100 + "$",
+     "x" + "^x" * 300, "$x" + "_1" * 300 + "$"],
+)
+def test_deep_nesting_is_unspeakable_not_a_crash(text):
+    with pytest.raises(Unspeakable, match="unspeakable_latex"):
+        speak(text)
+
+
+def test_random_input_speaks_or_is_unspeakable():
+    """Whatever the text, speak() returns words or raises Unspeakable: never anything else."""
+    import random
+
+    pieces = list("abxyz0123456789 .,;:?!+-*/=<>()[]{}^_$\\&|%#~'\"\n") + [
+        r"\frac", r"\sqrt", r"\sqrt[", r"\text", r"\left", r"\right", r"\times", r"\pi",
+        r"\$", r"\(", r"\)", r"\[", r"\]", "$$", "²", "√", "−", "°", r"\circ", "st", "1,000",
+        ".5", "__", "**", "<b>", "&amp;", "é"]
+    rng = random.Random(0)
+    spoken = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 20)))
+        for dollars in ("math", "currency"):
+            try:
+                out = speak(text, dollars)
+            except Unspeakable:
+                continue
+            assert out.strip() and any(ch.isalnum() for ch in out)
+            spoken += 1
+    assert spoken > 500  # most short fragments are speakable

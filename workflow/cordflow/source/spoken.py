@@ -205,6 +205,10 @@ def _skip_braced(s: str, i: int) -> tuple[str, int]:
     raise _latex("unbalanced braces")
 
 
+_COMMAND_NAME = re.compile(r"[A-Za-z]+")
+_WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
+
+
 def _tokenize(s: str, math: bool) -> list[_Tok]:
     out: list[_Tok] = []
     i, n = 0, len(s)
@@ -218,7 +222,7 @@ def _tokenize(s: str, math: bool) -> list[_Tok]:
                 out.append(_Tok("space", " "))
             i = j
         elif c == "\\":
-            m = re.compile(r"[A-Za-z]+").match(s, i + 1)
+            m = _COMMAND_NAME.match(s, i + 1)
             if m is None:
                 if i + 1 >= n:
                     raise _latex("a lone backslash at the end")
@@ -249,7 +253,7 @@ def _tokenize(s: str, math: bool) -> list[_Tok]:
                 out.append(_Tok("word", c))
                 i += 1
             else:
-                m = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*").match(s, i)
+                m = _WORD.match(s, i)
                 out.append(_Tok("word", m.group()))
                 i = m.end()
         elif c == "_" and not math and s.startswith("__", i):
@@ -277,10 +281,13 @@ class Node:
 
 
 class _Parser:
+    MAX_DEPTH = 32  # nesting deeper than this is not something a listener can follow
+
     def __init__(self, tokens: list[_Tok], math: bool):
         self.toks = tokens
         self.i = 0
         self.math = math
+        self.depth = 0
 
     def peek(self) -> _Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -298,6 +305,15 @@ class _Parser:
 
     def sequence(self, closer: str | None) -> list[Node]:
         """Nodes up to ``closer`` ("}" ")" "]"), which is consumed; None: to the end."""
+        self.depth += 1
+        if self.depth > self.MAX_DEPTH:
+            raise _latex(f"nested more than {self.MAX_DEPTH} levels deep")
+        try:
+            return self._sequence(closer)
+        finally:
+            self.depth -= 1
+
+    def _sequence(self, closer: str | None) -> list[Node]:
         nodes: list[Node] = []
         while True:
             self.skip_delimiter_sizes()
@@ -344,7 +360,13 @@ class _Parser:
         return Node("sym", t.value)
 
     def postfix(self, node: Node) -> Node:
+        chained = 0
         while (t := self.peek()) is not None and t.kind == "sym":
+            if chained == 4:
+                if t.value in "^_²³" or (self.math and t.value in "'!"):
+                    raise _latex("more than four scripts or marks on one term")
+                break
+            chained += 1
             if t.value in "^_":
                 self.i += 1
                 kind = "sup" if t.value == "^" else "sub"
@@ -361,6 +383,15 @@ class _Parser:
 
     def argument(self, script: bool) -> Node:
         """One argument of ^, _ or a command: a braced group or a single token."""
+        self.depth += 1
+        try:
+            if self.depth > self.MAX_DEPTH:
+                raise _latex(f"nested more than {self.MAX_DEPTH} levels deep")
+            return self._argument(script)
+        finally:
+            self.depth -= 1
+
+    def _argument(self, script: bool) -> Node:
         if self.math is False:
             while (t := self.peek()) is not None and t.kind == "space":
                 self.i += 1
