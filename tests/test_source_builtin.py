@@ -119,3 +119,23 @@ def test_default_config_fits_the_families(repo, tmp_path):
         k = len(cfg["source"]["builtin"]["families"])
         for split in cfg["source"]["splits"]:
             assert len(source.read_qa(out / f"{split}.parquet")) == k * n[split]
+
+
+def test_test_items_ask_facts_that_train_teaches(tmp_path):
+    """Same distribution, new questions: every test fact (3 + 4, larger of 2 and 9, ...)
+    is in train under another phrasing, so high held-out text accuracy is learnable."""
+    out = run(tmp_path, "a", params(n_per_family={"train": 300, "test": 60}))
+
+    def facts(df):
+        found = set()
+        for row in df.itertuples():
+            a, b = sorted(int(x) for x in re.findall(r"\d+", row.question)[:2])
+            kind = re.search(r"plus|minus|sum|add|take away|subtract|larger|bigger|smaller|less",
+                             row.question.lower()).group()
+            found.add((row.origin.split(":")[1], kind in ("plus", "sum", "add"),
+                       kind in ("larger", "bigger"), a, b))
+        return found
+
+    train = facts(source.read_qa(out / "train.parquet"))
+    test = facts(source.read_qa(out / "test.parquet"))
+    assert test <= train

@@ -2,9 +2,10 @@
 
 Each family enumerates every distinct question it can ask (operands 0..max_operand times a
 few short phrasings), shuffles them with a seed of its own and deals them out to the
-splits in order. So splits never share a question, and a test item is a new question of
-the same distribution as train (the same small facts under other phrasings), which the
-tiny model can learn to >= 95 % held-out text accuracy.
+splits in order. So splits never share a question. A later split takes first the items
+whose fact (say 3 + 4) the first split (train) already holds under another phrasing: a
+test item is a new question of the train distribution, which the tiny model can learn
+to >= 95 % held-out text accuracy.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from cordflow.source.rows import Candidate
 
 SOURCE = "builtin"
 
-# (stem, answer, choices or None, answer_type); the text prompt uses digits, the spoken
-# form (made later from it) uses words.
-Item = tuple[str, str, "list[str] | None", str]
+# (stem, answer, choices or None, answer_type, fact); the text prompt uses digits, the
+# spoken form (made later from it) uses words. The fact is what must be known to answer.
+Item = tuple[str, str, "list[str] | None", str, tuple]
 
 _ADDITION = (
     "What is {a} plus {b}?",
@@ -54,12 +55,12 @@ def _pairs(m: int) -> Iterator[tuple[int, int]]:
 
 
 def addition(m: int, rng: random.Random) -> list[Item]:
-    return [(t.format(a=a, b=b), str(a + b), None, "number")
+    return [(t.format(a=a, b=b), str(a + b), None, "number", ("plus", a, b))
             for a, b in _pairs(m) for t in _ADDITION]
 
 
 def subtraction(m: int, rng: random.Random) -> list[Item]:
-    return [(t.format(a=a, b=b), str(a - b), None, "number")
+    return [(t.format(a=a, b=b), str(a - b), None, "number", ("minus", a, b))
             for a, b in _pairs(m) for t in _SUBTRACTION]
 
 
@@ -68,8 +69,11 @@ def comparison(m: int, rng: random.Random) -> list[Item]:
     for a, b in _pairs(m):
         if a == b:
             continue
-        items += [(t.format(a=a, b=b), str(max(a, b)), None, "number") for t in _LARGER]
-        items += [(t.format(a=a, b=b), str(min(a, b)), None, "number") for t in _SMALLER]
+        pair = (min(a, b), max(a, b))
+        items += [(t.format(a=a, b=b), str(max(a, b)), None, "number", ("larger", *pair))
+                  for t in _LARGER]
+        items += [(t.format(a=a, b=b), str(min(a, b)), None, "number", ("smaller", *pair))
+                  for t in _SMALLER]
     return items
 
 
@@ -83,7 +87,8 @@ def choice(m: int, rng: random.Random) -> list[Item]:
                 below = sorted(rng.sample(range(value - 4, value), pos))
                 above = sorted(rng.sample(range(value + 1, value + 5), 3 - pos))
                 options = [str(v) for v in (*below, value, *above)]
-                items.append((f"What is {a} {op} {b}?", "ABCD"[pos], options, "choice"))
+                items.append((f"What is {a} {op} {b}?", "ABCD"[pos], options, "choice",
+                              (op, a, b)))
     return items
 
 
@@ -113,6 +118,21 @@ def family_items(family: str, seed: int, max_operand: int) -> list[Item]:
     return items
 
 
+def deal(items: list[Item], plan: list[tuple[str, int]]) -> list[tuple[str, int, Item]]:
+    """(split, index in the family, item) for each split's share. The first split takes
+    the first items; each later split prefers items whose fact an earlier split holds."""
+    out: list[tuple[str, int, Item]] = []
+    rest = list(enumerate(items))
+    facts: set[tuple] = set()
+    for k, (split, n) in enumerate(plan):
+        if k > 0:
+            rest.sort(key=lambda entry: entry[1][4] not in facts)  # stable: seeded order kept
+        share, rest = rest[:n], rest[n:]
+        out += [(split, i, item) for i, item in share]
+        facts |= {item[4] for _, item in share}
+    return out
+
+
 def candidates(cfg: dict, splits: list[str], seed: int) -> Iterator[Candidate]:
     plan = _plan(cfg, splits)
     wanted = sum(n for _, n in plan)
@@ -124,21 +144,18 @@ def candidates(cfg: dict, splits: list[str], seed: int) -> Iterator[Candidate]:
                 f"with max_operand={cfg['max_operand']}, but n_per_family asks for {wanted}; "
                 "lower n_per_family or raise max_operand"
             )
-        i = 0
-        for split, n in plan:
-            for stem, answer, options, answer_type in items[i : i + n]:
-                yield Candidate(
-                    source=SOURCE,
-                    origin=f"builtin:{family}:{i}",
-                    raw={"family": family, "question": stem, "answer": answer,
-                         "choices": options, "answer_type": answer_type, "split": split},
-                    question=stem,
-                    answer=answer,
-                    choices=options,
-                    answer_type=answer_type,
-                    split=split,
-                )
-                i += 1
+        for split, i, (stem, answer, options, answer_type, _fact) in deal(items, plan):
+            yield Candidate(
+                source=SOURCE,
+                origin=f"builtin:{family}:{i}",
+                raw={"family": family, "question": stem, "answer": answer,
+                     "choices": options, "answer_type": answer_type, "split": split},
+                question=stem,
+                answer=answer,
+                choices=options,
+                answer_type=answer_type,
+                split=split,
+            )
 
 
 def count(cfg: dict, splits: list[str]) -> int:
