@@ -74,7 +74,8 @@ def test_csv_with_split_column_and_line_numbers(tmp_path):
     rows = kept.set_index("origin")
     assert rows.loc[f"{path}:2", ["answer", "split"]].tolist() == ["4", "train"]
     assert rows.loc[f"{path}:3", "split"] == "test"
-    assert rows.loc[f"{path}:3", "question"] == "A question that spans two lines?"
+    assert rows.loc[f"{path}:3", "question"] == "A question that\nspans two lines?"
+    assert rows.loc[f"{path}:3", "spoken"] == "A question that spans two lines?"
     # the row after a two-line record starts on line 5
     assert rows.loc[f"{path}:5", ["answer", "answer_type"]].tolist() == ["A", "choice"]
     assert rows.loc[f"{path}:5", "choices"] == ["red", "loud"]

@@ -109,8 +109,10 @@ def _check_chars(name: str, text: str) -> None:
             raise Reject("control_chars", f"{name} contains control character U+{ord(ch):04X}")
 
 
-def _text_field(name: str, value: Any, required: bool = True) -> str | None:
-    """A field as stripped text. Numbers are accepted as text (a numeric answer)."""
+def _text_field(name: str, value: Any, required: bool = True, keep_lines: bool = False
+                ) -> str | None:
+    """A field as text with its whitespace collapsed (``keep_lines``: only stripped, line
+    breaks kept, as for a question). Numbers are accepted as text (a numeric answer)."""
     if _missing(value):
         if required:
             raise Reject("missing_field", f"{name} is missing")
@@ -121,7 +123,11 @@ def _text_field(name: str, value: Any, required: bool = True) -> str | None:
         raise Reject("bad_field", f"{name} is a {type(value).__name__}, not text")
     text = value if isinstance(value, str) else str(value)
     _check_chars(name, text)
-    text = " ".join(text.split())
+    if keep_lines:
+        text = "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+        text = text.strip()
+    else:
+        text = " ".join(text.split())
     if not text:
         if required:
             raise Reject(f"empty_{name}" if name in ("question", "answer") else "missing_field",
@@ -248,7 +254,7 @@ def check(c: Candidate, splits: list[str], max_chars: int) -> dict:
         raise Reject("missing_field", "split is missing")
     if split not in splits:
         raise Reject("unknown_split", f"split '{split}' is not one of source.splits {splits}")
-    stem = _text_field("question", c.question)
+    stem = _text_field("question", c.question, keep_lines=True)
     answer = _text_field("answer", c.answer)
     choices, labels = _choices(c.choices)
     answer_type = _text_field("answer_type", c.answer_type, required=False)

@@ -280,6 +280,9 @@ class Node:
     op_kind: str = ""  # for op: op const func
 
 
+_OPENER = {"}": "{", ")": "(", "]": "["}
+
+
 class _Parser:
     MAX_DEPTH = 32  # nesting deeper than this is not something a listener can follow
 
@@ -322,7 +325,7 @@ class _Parser:
                 if closer is None:
                     return nodes
                 if closer == "}" or self.math:
-                    raise _latex(f"'{ {'}': '{', ')': '(', ']': '['}[closer] }' is never closed")
+                    raise _latex(f"'{_OPENER[closer]}' is never closed")
                 return nodes  # text: an unclosed parenthesis is just dropped
             if t.kind == "rb" or (t.kind == "sym" and t.value in ")]"):
                 if t.value == closer:
