@@ -95,3 +95,16 @@ def test_schema_accepts_good_rows_and_rejects_bad_ones():
         QA_SCHEMA.validate(unsorted)
     with pytest.raises(pandera.errors.SchemaError):
         QA_SCHEMA.validate(pd.DataFrame({"id": ["0" * 16]}))
+
+
+def test_counts_that_do_not_add_up_fail_loudly():
+    from collections import Counter
+
+    from cordflow.source.rows import Outcome, check_counts
+
+    out = Outcome(kept=[{}], rejected=[], counts={"a": Counter({"in": 2, "kept": 1})})
+    with pytest.raises(RuntimeError, match="2 rows in but 1 kept"):
+        check_counts(out)
+    out = Outcome(kept=[], rejected=[], counts={"a": Counter({"in": 1, "kept": 1})})
+    with pytest.raises(RuntimeError, match="do not add up"):
+        check_counts(out)

@@ -26,8 +26,6 @@ from cordflow.source.spoken import Unspeakable, speak
 
 log = logging.getLogger("cordflow.source")
 
-ALLOWED_CONTROLS = {"\t", "\n", "\r"}
-
 
 @dataclass
 class Candidate:
@@ -64,8 +62,12 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # Cc but tab, LF, CR
+
+
 def has_surrogates(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def clean_text(text: str) -> str:
@@ -104,9 +106,8 @@ def row_json(raw: Any) -> str:
 def _check_chars(name: str, text: str) -> None:
     if has_surrogates(text):
         raise Reject("invalid_utf8", f"{name} has bytes that are not valid UTF-8")
-    for ch in text:
-        if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROLS:
-            raise Reject("control_chars", f"{name} contains control character U+{ord(ch):04X}")
+    if m := _CONTROL.search(text):
+        raise Reject("control_chars", f"{name} contains control character U+{ord(m.group()):04X}")
 
 
 def _text_field(name: str, value: Any, required: bool = True, keep_lines: bool = False

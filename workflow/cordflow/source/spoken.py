@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from num2words import num2words
 
@@ -44,6 +45,7 @@ _DIGITS = "zero one two three four five six seven eight nine".split()
 _MAX_INT_DIGITS = 30  # beyond this num2words gives up; digits are read one by one
 
 
+@lru_cache(maxsize=1 << 16)
 def number_words(text: str) -> str:
     """``"1,234.05"`` -> ``"one thousand, two hundred and thirty-four point zero five"``."""
     text = text.replace(",", "")
@@ -66,6 +68,7 @@ def _denominator_word(den: int, plural: bool) -> str:
     return word + "s" if plural else word
 
 
+@lru_cache(maxsize=1 << 16)
 def fraction_words(num: str, den: str) -> str | None:
     """``3/4`` -> ``"three quarters"`` for denominators 2..10; else None."""
     if not (num.isdigit() and den.isdigit()):
@@ -76,6 +79,7 @@ def fraction_words(num: str, den: str) -> str | None:
     return f"{number_words(num)} {_denominator_word(d, plural=n != 1)}"
 
 
+@lru_cache(maxsize=1 << 16)
 def ordinal_words(num: str) -> str:
     return num2words(int(num), to="ordinal")
 
