@@ -120,19 +120,20 @@ def _offline_datasets():
 
 
 def _stage_hint(entry: dict, where: str) -> str:
-    name, config = HUB_NAMES.get(entry["preset"], (entry["path"], entry.get("name")))
-    if entry["preset"] == "custom":
+    if entry["preset"] in HUB_NAMES:
+        name, config = HUB_NAMES[entry["preset"]]
+    else:
         name, config = entry["path"], entry.get("name")
     args = repr(name) + (f", {config!r}" if config else "")
-    folder = entry["path"] if not Path(entry["path"]).is_absolute() else entry["path"]
     return (
-        f"{where}: the dataset '{entry['path']}' is not staged on this machine (nothing is "
-        f"downloaded). On a machine with network, run\n"
+        f"{where}: the dataset '{entry['path']}' is not staged on this machine and nothing "
+        f"is downloaded. Either, on a machine with network, run\n"
         f"    python -c \"import datasets; datasets.load_dataset({args})"
-        f".save_to_disk('{folder}')\"\n"
-        f"and copy that folder here (set {where}.path to it), or fill the datasets cache "
-        f"with datasets.load_dataset({args}) and point HF_DATASETS_CACHE (or {where}.cache_dir) "
-        f"at it, keeping {where}.path = '{name}'."
+        f".save_to_disk('{entry['path']}')\"\n"
+        f"and copy the folder it writes to '{entry['path']}' here (relative to {Path.cwd()}); "
+        f"or run datasets.load_dataset({args}) there, copy its datasets cache here, point "
+        f"HF_DATASETS_CACHE (or {where}.cache_dir) at it and set {where}.path to '{name}'"
+        + (f" and {where}.name to '{config}'." if config else ".")
     )
 
 
