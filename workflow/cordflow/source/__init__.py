@@ -1,8 +1,19 @@
 """Stage ``source``: text QA from the built-in generator, local files and staged HF datasets.
 
-Writes ``{split}.parquet`` per split in ``source.splits`` (schema :data:`QA_SCHEMA`, sorted
-by id) and ``rejected.parquet`` (schema :data:`REJECTED_SCHEMA`: source, origin, reason,
-row). Rows in = kept + rejected, per source and in total, or the stage fails.
+Writes ``{split}.parquet`` per split in ``source.splits`` and ``rejected.parquet``:
+
+- QA tables (:data:`QA_SCHEMA`, sorted by id, byte-identical for the same seed): ``id``
+  (16 hex: sha256 of source, question, answer), ``question`` (the text prompt, options
+  appended as "A: ..., B: ..."), ``spoken`` (what the TTS reads), ``answer`` (canonical:
+  "12", "-3", "0.5"; a letter for choices; whitespace-normalised text), ``choices`` (list
+  of str or null), ``answer_type`` (number | choice | text), ``split``, ``source``,
+  ``origin`` ("path:line", "hf:<path>:<split>:<index>", "builtin:<family>:<i>").
+- ``rejected.parquet`` (:data:`REJECTED_SCHEMA`): ``source``, ``origin``, ``reason``
+  ("<code>: <what is wrong>"), ``row`` (the raw row as JSON).
+
+Rows in = kept + rejected, per source and in total, or the stage fails. Sources are read
+in order (built-in, files, datasets); of two questions that sound the same the first is
+kept. Use :func:`read_qa` to read a QA table back (``choices`` as lists, schema-checked).
 """
 
 from __future__ import annotations
