@@ -479,7 +479,7 @@ class _Speaker:
 
     # A sequence: handles what depends on neighbours (unary minus, a/b, $5, f(x)).
     def seq(self, nodes: list[Node]) -> list[str]:
-        nodes = _inline_fractions(nodes)
+        nodes = _inline_fractions(nodes, self.math)
         out: list[str] = []
         prev: Node | None = None  # previous non-space node
         i = 0
@@ -648,15 +648,17 @@ class _Speaker:
         )
 
 
-def _inline_fractions(nodes: list[Node]) -> list[Node]:
-    """``a/b`` written inline (no spaces, simple operands) becomes a fraction node."""
+def _inline_fractions(nodes: list[Node], math: bool) -> list[Node]:
+    """``a/b`` written inline (no spaces) becomes a fraction node: simple operands in math,
+    numbers in text (where "km/h" stays a slash)."""
+    fits = _is_simple if math else (lambda ns: all(n.kind == "num" for n in ns))
     out: list[Node] = []
     i = 0
     while i < len(nodes):
         node = nodes[i]
         if (
             node.kind == "sym" and node.value == "/" and out and i + 1 < len(nodes)
-            and _is_simple([out[-1]]) and out[-1].kind != "space" and _is_simple([nodes[i + 1]])
+            and out[-1].kind != "space" and fits([out[-1]]) and fits([nodes[i + 1]])
         ):
             out[-1] = Node("frac", args=[[out[-1]], [nodes[i + 1]]])
             i += 2
@@ -675,11 +677,10 @@ def _has_operator(nodes: list[Node]) -> bool:
 
 
 def _is_operand(node: Node) -> bool:
-    if node.kind == "sym":
-        return False
+    """Can a following minus subtract from this? (Text such as "\\textbf{(A)}" cannot.)"""
     if node.kind == "op":
         return node.op_kind == "const"
-    return node.kind not in ("space",)
+    return node.kind not in ("sym", "space", "text", "blank")
 
 
 def _next_solid(nodes: list[Node], i: int) -> Node | None:
