@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Jobs call `python -m cordflow`: the venv's python comes first on their PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test setup lint clean
 
@@ -22,7 +24,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 
-test: setup
+test: setup coqui-env
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 lint: setup
@@ -31,3 +33,21 @@ lint: setup
 
 clean:
 	rm -rf results logs .snakemake
+
+# Coqui TTS (tts.backend: coqui) in its own venv, from the pip list of envs/coqui.yaml
+# (README "Coqui voices"). torch resolves to the CPU build on disk; torchaudio's PyPI
+# build links CUDA libraries that the CPU torch lacks, so its extension libraries are
+# removed (Coqui runs on torchaudio's Python functions alone); the import check proves it.
+COQUI_VENV ?= .venv-coqui
+.PHONY: coqui-env
+
+coqui-env: $(COQUI_VENV)/.installed
+
+$(COQUI_VENV)/.installed: envs/coqui.yaml | $(VENV)/.installed
+	rm -rf $(COQUI_VENV)
+	$(PYTHON) -m venv $(COQUI_VENV)
+	$(BIN)/python -c 'import yaml; deps = yaml.safe_load(open("envs/coqui.yaml"))["dependencies"]; print("\n".join(next(d["pip"] for d in deps if isinstance(d, dict))))' > $(COQUI_VENV)/requirements.txt
+	$(COQUI_VENV)/bin/python -m pip install -q -r $(COQUI_VENV)/requirements.txt
+	rm -f $(COQUI_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	$(COQUI_VENV)/bin/python -c 'import TTS.api, torch; print("coqui-tts", TTS.__version__, "with torch", torch.__version__, "in $(COQUI_VENV)")'
+	touch $@

@@ -21,6 +21,7 @@ include: "rules/tts.smk"
 include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/provenance.smk"
 
 
 rule all:

@@ -2,6 +2,7 @@
 # cordflow.config.RULE_KEYS; rules pass it as params so a change reruns exactly that rule
 # and its dependants. `code` params hash the stage's source so a code edit reruns it too.
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(PKG_ROOT), os.environ.get("PYTHONPATH", "")) if p
 )
 
-from cordflow.config import code_version, dumps, rule_params
+from cordflow.config import benchmark_params, code_version, dumps, rule_params
+from cordflow.train.methods import method_params
 
 CORDFLOW = "python -m cordflow"
 SPLITS = config["source"]["splits"]
@@ -25,8 +27,8 @@ BENCHMARKS = {b["name"]: b for b in config["evaluate"]["benchmarks"]}
 
 wildcard_constraints:
     split="|".join(SPLITS),
-    model="|".join(MODELS),
-    method="|".join(METHODS) if METHODS else "(?!)",
+    model="|".join(map(re.escape, MODELS)),
+    method="|".join(map(re.escape, METHODS)) if METHODS else "(?!)",
     benchmark="|".join(BENCHMARKS),
     k=r"\d+",
 
@@ -34,6 +36,21 @@ wildcard_constraints:
 def params_of(rule, **extra):
     """The rule's config slice as canonical JSON (passed quoted: never shell-parsed)."""
     return dumps(rule_params(rule, config, **extra))
+
+
+def train_params(wildcards):
+    """One method's resolved spec: a knob reruns only the methods that read it."""
+    return dumps(method_params(config, wildcards.method))
+
+
+def eval_params(wildcards):
+    """One benchmark's entry (plus the model settings evaluation reads)."""
+    return dumps(benchmark_params(config, wildcards.benchmark))
+
+
+def train_init(wildcards):
+    """The checkpoint every method starts from (train.init)."""
+    return model_dir("warmup" if config["train"]["init"] == "warmup" else "base")
 
 
 def repeat_opt(flag, paths):
@@ -77,4 +94,9 @@ def eval_tables():
 
 
 def final_outputs():
-    return ["results/eval/gap_table.csv", "results/eval/gap_plot.png"]
+    return [
+        "results/eval/gap_table.csv",
+        "results/eval/gap_plot.png",
+        # rules/provenance.smk: the lineage of all the others, for the report.
+        "results/provenance/summary.csv",
+    ]

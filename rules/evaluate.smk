@@ -4,7 +4,7 @@ rule evaluate:
     output:
         "results/eval/{model}/{benchmark}.parquet",
     params:
-        cfg=params_of("evaluate"),
+        cfg=eval_params,
         code=code_version("evaluate"),
         data=lambda wildcards, input: " ".join(
             repeat_opt(f"--{k}", [input[k]]) for k in ("qa", "manifest") if k in input.keys()

@@ -26,17 +26,28 @@ rule tts_shard:
     log:
         "logs/tts/shard_{k}.log",
     conda:
-        "../envs/tts.yaml"
+        (
+            "../envs/coqui.yaml"
+            if config["tts"]["backend"] == "coqui"
+            else "../envs/tts.yaml"
+        )
+    threads: 2
     shell:
         "{CORDFLOW} tts-shard --params {params.cfg:q} --plan {input.plan:q}"
-        " --out {output:q} --store results/audio/store > {log:q} 2>&1"
+        " --out {output:q} --store results/audio/store --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule tts_gather:
     input:
         shards=expand("results/audio/shards/{k}.parquet", k=range(N_SHARDS)),
     output:
-        "results/audio/manifest.parquet",
+        manifest="results/audio/manifest.parquet",
+        rejected=report(
+            "results/audio/rejected.parquet",
+            caption="../report/audio_rejected.rst",
+            category="Data",
+        ),
     params:
         cfg=params_of("tts_gather"),
         code=code_version("tts_gather"),
@@ -46,4 +57,5 @@ rule tts_gather:
     conda:
         "../envs/data.yaml"
     shell:
-        "{CORDFLOW} tts-gather --params {params.cfg:q} {params.shards} --out {output:q} > {log:q} 2>&1"
+        "{CORDFLOW} tts-gather --params {params.cfg:q} {params.shards}"
+        " --out {output.manifest:q} > {log:q} 2>&1"

@@ -79,14 +79,24 @@ def tts_shard(
     store: Annotated[Path, typer.Option(help="Content-addressed FLAC store.")],
     params: ParamsOpt = None,
     config: ConfigOpt = None,
+    threads: Annotated[int, typer.Option(min=1, help="2+: synthesise ahead in a thread.")] = 1,
 ):
-    """Synthesise one shard into the store (clips already there are reused)."""
+    """Synthesise one shard into the store (clips already there are reused).
+
+    Clips get no provenance record each: the shard table lists every clip's path and
+    sha256, and the store keeps a JSON beside each FLAC with what made it."""
     from cordflow.stage import stage_run
+    from cordflow.tts import read_clips
     from cordflow.tts import shard as stage
+    from cordflow.tts.store import Store
 
     p = _params("tts_shard", params, config)
     with stage_run("tts_shard", p, [plan], [out]) as extra:
-        extra.extend(stage.run(p, plan, out, store))
+        stage.run(p, plan, out, store, threads=threads)
+        # The shard table's record lists every clip it uses (FLAC + JSON) with its sha256
+        # (stage_run's companions), so `cordflow audit --all` covers the store.
+        clips = sorted(set(read_clips(out)["path"]))
+        extra.extend(f for c in clips for f in (Path(c), Store(store).meta_path(Path(c).stem)))
 
 
 @app.command("tts-gather")
@@ -96,12 +106,12 @@ def tts_gather(
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
-    """Gather shard tables into results/audio/manifest.parquet."""
+    """Gather shard tables into results/audio/manifest.parquet (+ rejected.parquet)."""
     from cordflow.stage import stage_run
     from cordflow.tts import gather as stage
 
     p = _params("tts_gather", params, config)
-    with stage_run("tts_gather", p, shards, [out]):
+    with stage_run("tts_gather", p, shards, stage.output_paths(out)):
         stage.run(p, shards, out)
 
 
@@ -143,22 +153,33 @@ def sft(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="A name from train.methods.")],
     init_dir: Annotated[Path, typer.Option("--init", help="Checkpoint to start from.")],
-    base_dir: Annotated[Path, typer.Option("--base", help="The base model (frozen teacher).")],
     qa_train: Annotated[Path, typer.Option()],
     manifest: Annotated[Path, typer.Option()],
     out_dir: Annotated[Path, typer.Option()],
+    method: Annotated[Optional[str], typer.Option(help="With --config: a name from "
+                                                  "train.methods.")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
-    """Train one method (cord, sft, forward_kl, opd, grpo, opd_grpo, sweeps)."""
+    """Train one method (sft, forward_kl, opd, grpo, opd_grpo, cord, cord_a<A>_b<B>).
+
+    --params is the method's resolved spec (what the rule passes); with --config give
+    --method and the spec is resolved from the file."""
     from cordflow import train as stage
     from cordflow.stage import stage_run
 
-    p = _params("train", params, config)
-    with stage_run("train", p, [init_dir, base_dir, qa_train, manifest], [out_dir]):
-        stage.run(p, method, init_dir, base_dir, qa_train, manifest, out_dir)
+    if config is not None:
+        from cordflow.config import load_config
+        from cordflow.train.methods import method_params
+
+        if method is None or params is not None:
+            raise typer.BadParameter("with --config give --method (and no --params)")
+        p = method_params(load_config(config), method)
+    else:
+        p = _params("train", params, None)
+    with stage_run("train", p, [init_dir, qa_train, manifest], [out_dir]):
+        stage.run(p, init_dir, qa_train, manifest, out_dir)
 
 
 @app.command()
@@ -197,6 +218,109 @@ def summarize(
     p = _params("summarize", params, config)
     with stage_run("summarize", p, evals, [out_table, out_plot]):
         stage.run(p, evals, out_table, out_plot)
+
+
+# -- provenance: the report's summary (a rule), audit and RO-Crate export (by hand) --------
+ResultsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--results", help="The results folder: files in it need a record "
+                 "(default: the 'results' folder the file is in, else ./results)."),
+]
+ExcludeOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--exclude", help="Glob (relative to the folder) of files to leave out, "
+                 "e.g. report.html (repeat)."),
+]
+
+
+@app.command()
+def provenance(
+    target: Annotated[list[Path], typer.Option(help="Artifacts whose lineage to list (repeat).")],
+    out: Annotated[Path, typer.Option(help="The summary table (csv).")],
+    results: ResultsOpt = None,
+    params: ParamsOpt = None,
+    config: ConfigOpt = None,
+):
+    """results/provenance/summary.csv: every artifact behind the targets, for the report."""
+    from cordflow import provsummary as stage
+    from cordflow.stage import stage_run
+
+    p = _params("provenance", params, config)
+    with stage_run("provenance", p, target, [out]):
+        stage.run(p, target, out, results or Path("results"))
+
+
+@app.command()
+def audit(
+    path: Annotated[
+        Optional[Path],
+        typer.Argument(help="An artifact (or its .prov.json); with --all, the folder "
+                       "(default: the --results folder)."),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Check every file and record in the "
+                                       "folder, not one lineage.")] = False,
+    results: ResultsOpt = None,
+    exclude: ExcludeOpt = None,
+):
+    """Check an artifact's lineage back to the sources (printed as a tree); exit 1 naming
+    every changed, missing or unrecorded file."""
+    from rich.console import Console
+
+    from cordflow import audit as au
+
+    out, err = Console(), Console(stderr=True)
+    # Piped or logged: lines as long as they are (no wrapping at 80 columns).
+    out, err = (c if c.is_terminal else Console(stderr=c.stderr, width=200, no_color=True)
+                for c in (out, err))
+    if all_:
+        folder = path or results or Path("results")
+        try:
+            report = au.audit_all_report(folder, exclude or ())
+        except FileNotFoundError as e:
+            err.print(f"[red]{e}[/]")
+            raise typer.Exit(2)
+        n = len(report.auditor.records)
+        summary = f"{au.shown(folder)}: {n} artifacts, {report.files_hashed} files hashed"
+    else:
+        if path is None:
+            raise typer.BadParameter("give an artifact PATH, or --all [DIR]")
+        report = au.audit(path, results)
+        out.print(au.tree(report.root))
+        summary = (f"{au.shown(path)}: {len(report.auditor.records)} artifacts in its lineage, "
+                   f"{report.files_hashed} files hashed")
+    summary += f" ({report.bytes_hashed / 1e6:.1f} MB) in {report.seconds:.2f} s"
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"[red]{problem}[/]", highlight=False, soft_wrap=True)
+        err.print(f"{summary}: [red]{len(report.problems)} problem(s)[/]", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"{summary}: [green]all consistent[/]", highlight=False)
+
+
+@app.command("export-crate")
+def export_crate(
+    results_dir: Annotated[Path, typer.Argument(help="The results folder of a run.")],
+    out: Annotated[Path, typer.Option("--out", help="The crate folder (new or empty).")],
+    exclude: ExcludeOpt = None,
+):
+    """Write a Workflow Run RO-Crate (wfrun/workflow 0.5) of the run, every file with its
+    sha256; refuses if `cordflow audit --all` would fail."""
+    from cordflow import crate
+    from cordflow.stage import setup_logging
+
+    setup_logging()
+    try:
+        crate.export_crate(results_dir, out, exclude or ())
+    except crate.CrateError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {out / crate.METADATA}")
+
+
+# `cordflow profile install|show`: the Slurm profile (cordflow/profile.py).
+from cordflow.profile import app as _profile_app  # noqa: E402
+
+app.add_typer(_profile_app, name="profile")
 
 
 if __name__ == "__main__":

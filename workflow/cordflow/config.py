@@ -37,8 +37,9 @@ RULE_KEYS: dict[str, list[str]] = {
     "base": ["seed", "model", "base"],
     "sft": ["seed", "model", "sft"],
     "train": ["seed", "model", "train"],
-    "evaluate": ["seed", "model", "evaluate"],
-    "summarize": ["evaluate"],
+    "evaluate": ["seed", "model", "evaluate.batch_size"],
+    "summarize": ["seed", "summarize"],
+    "provenance": [],
 }
 
 # rule -> the package files (relative to cordflow/) whose code it runs. Their content hash
@@ -46,14 +47,16 @@ RULE_KEYS: dict[str, list[str]] = {
 # to code changes). Shared infrastructure that only moves bytes around is not listed.
 RULE_CODE: dict[str, list[str]] = {
     "source": ["source"],
-    "tts_plan": ["tts/plan.py"],
+    "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py"],
     "tts_shard": ["tts"],
-    "tts_gather": ["tts/gather.py"],
-    "base": ["models.py", "base.py", "training.py"],
-    "sft": ["models.py", "sft.py", "training.py"],
-    "train": ["models.py", "train", "training.py"],
-    "evaluate": ["models.py", "evaluate"],
+    "tts_gather": ["tts/__init__.py", "tts/gather.py", "tts/schema.py"],
+    "base": ["models.py", "base.py", "training.py", "data.py", "infer.py", "scoring.py",
+             "train/losses.py"],
+    "sft": ["models.py", "sft.py", "training.py", "data.py", "infer.py", "scoring.py", "train"],
+    "train": ["models.py", "train", "training.py", "data.py", "infer.py", "scoring.py"],
+    "evaluate": ["models.py", "evaluate", "infer.py", "scoring.py"],
     "summarize": ["summarize.py"],
+    "provenance": ["audit.py", "provsummary.py"],
 }
 
 
@@ -123,7 +126,11 @@ def get_key(config: dict, dotted: str) -> Any:
 
 
 def rule_params(rule: str, config: dict, **extra: Any) -> dict:
-    """The config slice ``rule`` reads, as a nested dict (plus ``extra`` items)."""
+    """The config slice ``rule`` reads, as a nested dict (plus ``extra`` items).
+
+    Rules with one job per method or benchmark narrow it further: ``train`` params are the
+    method's resolved spec (:func:`cordflow.train.methods.method_params`), ``evaluate``
+    params hold only the benchmark's own entry (:func:`benchmark_params`)."""
     out: dict = {}
     for dotted in RULE_KEYS[rule]:
         parts = dotted.split(".")
@@ -132,6 +139,15 @@ def rule_params(rule: str, config: dict, **extra: Any) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = copy.deepcopy(get_key(config, dotted))
     out.update(extra)
+    return out
+
+
+def benchmark_params(config: dict, name: str) -> dict:
+    """The ``evaluate`` rule's params for benchmark ``name``: its entry alone, so editing one
+    benchmark reruns only its evaluations."""
+    out = rule_params("evaluate", config)
+    entry = [b for b in config["evaluate"]["benchmarks"] if b["name"] == name]
+    out["evaluate"]["benchmarks"] = copy.deepcopy(entry)
     return out
 
 
@@ -146,6 +162,19 @@ def code_version(rule: str) -> str:
                 h.update(str(f.relative_to(PKG_DIR)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def section(params: dict, name: str) -> dict:
+    """Config section ``name`` of a rule's params, validated against its part of the schema
+    with defaults filled in (so ``--params`` written by hand may leave keys out)."""
+    root = yaml.safe_load(SCHEMA.read_text())
+    schema = {**root["properties"][name], "$defs": root.get("$defs", {})}
+    cfg = copy.deepcopy(params.get(name) or {})
+    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
+    if errors:
+        lines = [f"{name}/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        raise ValueError(f"invalid {name} config:\n  " + "\n  ".join(lines))
+    return cfg
 
 
 def dumps(obj: Any) -> str:

@@ -60,8 +60,11 @@ def stage_run(
 ) -> Iterator[list[Path]]:
     """Run a stage: seed, log, time it, and on success write a provenance record per output.
 
-    The body may append extra output paths to the yielded list (files whose names are
-    only known at run time, such as content-addressed audio).
+    The body may append paths to the yielded list: files whose names are known only at
+    run time that its outputs are made of or point to (the content-addressed clips a TTS
+    shard wrote or reused, and the JSON beside each). They get no sidecar each: every output's record lists them with their sha256
+    (``companions``), and ``cordflow audit`` checks them. Nothing is recorded if the body
+    raises.
     """
     from cordflow import provenance
 
@@ -72,5 +75,6 @@ def stage_run(
     extra: list[Path] = []
     yield extra
     ended = dt.datetime.now(dt.timezone.utc)
-    provenance.write_records(rule, list(inputs), [*outputs, *extra], params, started, ended)
+    provenance.write_records(rule, list(inputs), list(outputs), params, started, ended,
+                             companions=extra)
     log.info("rule %s done in %.1f s", rule, (ended - started).total_seconds())

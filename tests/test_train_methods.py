@@ -1,0 +1,60 @@
+"""Method specs: each method reads exactly the settings it uses (its job's params)."""
+
+import pytest
+
+from cordflow.config import load_config
+from cordflow.train.methods import BASE_METHODS, method_params, resolve
+
+
+@pytest.fixture(scope="module")
+def config(repo):
+    return load_config(repo / "config" / "config.yaml")
+
+
+def spec(config, name, **train):
+    cfg = load_config(config_path(), {"train": train}) if train else config
+    return method_params(cfg, name)["method"]
+
+
+def config_path():
+    from cordflow.config import REPO_DIR
+
+    return REPO_DIR / "config" / "config.yaml"
+
+
+def test_terms_of_each_method(config):
+    s = {name: spec(config, name) for name in BASE_METHODS}
+    assert s["sft"]["offpolicy"]["loss"] == "nll" and "token" not in s["sft"]
+    assert s["forward_kl"]["offpolicy"]["loss"] == "forward_kl"
+    assert (s["opd"]["token"]["alpha"], s["opd"]["token"]["beta"]) == (1.0, 1.0)
+    assert "sequence" not in s["opd"] and "token" not in s["grpo"]
+    assert "sequence" in s["opd_grpo"] and s["opd_grpo"]["token"]["alpha"] == 1.0
+    assert (s["cord"]["token"]["alpha"], s["cord"]["token"]["beta"]) == (2.0, 2.0)
+    assert s["cord"]["token"]["k"] == 20 and s["cord"]["sequence"]["n"] == 4
+    assert s["cord"]["sequence"]["temperature"] == 1.5
+    assert s["cord"]["weights"] == {"token": 1.0, "sequence": 1.0}
+    assert s["grpo"]["weights"] == {"token": 0.0, "sequence": 1.0}
+    # every method: same start, data budget and trainable parts (a fair table)
+    assert len({(x["init"], str(x["loop"]), str(x["trainable"])) for x in s.values()}) == 1
+
+
+def test_sweep_names_set_alpha_and_beta(config):
+    s = resolve("cord_a1.5_b2", config["train"])
+    assert (s["token"]["alpha"], s["token"]["beta"]) == (1.5, 2.0)
+    with pytest.raises(ValueError, match="unknown method 'cordx'"):
+        resolve("cordx", config["train"])
+
+
+@pytest.mark.parametrize("knob, changed, unchanged", [
+    ({"sequence": {"temperature": 1.2}}, {"grpo", "opd_grpo", "cord"}, {"sft", "forward_kl", "opd"}),
+    ({"token": {"alpha": 2.5}}, {"cord"}, {"sft", "forward_kl", "opd", "grpo", "opd_grpo"}),
+    ({"token": {"k": 5}}, {"opd", "opd_grpo", "cord"}, {"sft", "forward_kl", "grpo"}),
+    ({"offpolicy": {"temperature": 0.5}}, {"sft", "forward_kl"}, {"opd", "grpo", "cord"}),
+    ({"teacher": {"kind": "live"}}, {"forward_kl", "opd", "grpo", "cord"}, {"sft"}),
+    ({"lr": 0.001}, set(BASE_METHODS), set()),
+])
+def test_a_knob_changes_only_the_specs_that_read_it(config, knob, changed, unchanged):
+    for name in changed:
+        assert spec(config, name) != spec(config, name, **knob), name
+    for name in unchanged:
+        assert spec(config, name) == spec(config, name, **knob), name

@@ -1,0 +1,124 @@
+"""Every training method runs for real on spoken items (tiny model, real TTS clips), logs
+what the issue asks per step, and a killed run resumes to the same weights."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tiny
+from cordflow import models
+from cordflow.config import load_config
+from cordflow.train import run_spec
+from cordflow.train.methods import BASE_METHODS, method_params
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def init_dir(spoken, tmp_path_factory):
+    from cordflow.source import read_qa
+
+    qa = read_qa(spoken / "results/qa/train.parquet")
+    cfg = tiny.model_cfg(chunk_length=4)
+    model, processor = models.build_tiny(
+        cfg["tiny"], models.tiny_corpus(list(qa["question"]), list(qa["answer"]),
+                                        cfg["system_prompt"]), 0)
+    out = tmp_path_factory.mktemp("init") / "warmup"
+    models.save(model, processor, out)
+    return out
+
+
+def params_for(repo, method, **train):
+    over = {"model": {"tiny": {"chunk_length": 4, "vocab_size": 320}, "max_new_tokens": 4},
+            "train": {"steps": STEPS, "batch_size": 2, "ckpt_every": 2,
+                      "sequence": {"n": 2}, "token": {"k": 2}, **train}}
+    return method_params(load_config(repo / "config" / "config.yaml", over), method)
+
+
+def train(params, init_dir, spoken, out):
+    """Clip paths in the manifest are relative to the workflow's working directory."""
+    import os
+
+    os.chdir(spoken)
+    run_spec(params, params["method"], "train", init_dir, spoken / "results/qa/train.parquet",
+             spoken / "results/audio/manifest.parquet", out)
+
+
+@pytest.fixture(autouse=True)
+def _restore_cwd(monkeypatch):
+    monkeypatch.chdir(".")  # undone after each test
+
+
+@pytest.mark.parametrize("method", BASE_METHODS)
+def test_every_method_trains_logs_and_saves(repo, spoken, init_dir, tmp_path, method):
+    params = params_for(repo, method)
+    out = tmp_path / method
+    train(params, init_dir, spoken, out)
+    assert (out / "config.json").exists() and list(out.glob("*.safetensors"))
+    assert (out / "adapter" / "adapter_config.json").exists()  # LoRA saved on its own
+    assert json.loads((out / "method.json").read_text()) == params["method"]
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    want = {"loss", "grad_norm", "lr", "entropy", "len_mean", "time_generate",
+            "time_student_forward", "time_backward"}
+    if method in ("opd", "opd_grpo", "cord"):
+        want |= {"loss_token", "kl_mean", "kl_topk_share", "time_teacher_forward"}
+    if method in ("grpo", "opd_grpo", "cord"):
+        want |= {"loss_sequence", "reward_mean", "adv_std"}
+        verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
+        assert len(verdicts) == STEPS * 2 * 2  # steps x prompts x rollouts
+        assert {v["reward"] for v in verdicts} <= {0, 1} and all(v["reason"] for v in verdicts)
+    else:
+        assert not (out / "verdicts.jsonl").exists()
+    for r in rows:
+        assert want <= set(r), want - set(r)
+        assert all(v == v for k, v in r.items() if k != "phase")  # no NaN
+    assert (out / "tb").is_dir()
+    loaded = models.load(out, params["model"])  # evaluation loads the merged model
+    assert not hasattr(loaded.model, "peft_config")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_cord_run_resumes_to_the_same_weights(repo, spoken, init_dir, tmp_path,
+                                                      monkeypatch):
+    params = params_for(repo, "cord", steps=4)
+    train(params, init_dir, spoken, tmp_path / "straight")
+
+    from cordflow.train import step as step_mod
+
+    real = step_mod.make_step
+
+    def dying(spec, ctx):
+        inner = real(spec, ctx)
+
+        def step(i):
+            if i == 3:
+                raise Killed()
+            return inner(i)
+        return step
+
+    monkeypatch.setattr(step_mod, "make_step", dying)
+    with pytest.raises(Killed):
+        train(params, init_dir, spoken, tmp_path / "resumed")
+    assert not (tmp_path / "resumed").exists()  # nothing that looks complete
+    work = [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.work-")]
+    assert len(work) == 1 and (work[0] / "ckpt" / "step-2").is_dir()
+    monkeypatch.setattr(step_mod, "make_step", real)
+    train(params, init_dir, spoken, tmp_path / "resumed")
+    assert not work[0].exists()  # cleaned up after success
+
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()
+    lb = (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if not k.startswith("time")}
+                          for r in rows]
+    assert strip(la) == strip(lb)
+    assert (tmp_path / "straight" / "verdicts.jsonl").read_text() == \
+        (tmp_path / "resumed" / "verdicts.jsonl").read_text()

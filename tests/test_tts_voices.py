@@ -1,0 +1,78 @@
+"""Voice choice: deterministic from the id, held-out voices for held-out splits."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cordflow.tts import tts_config
+from cordflow.tts.backends import Voice, VoiceError
+from cordflow.tts.espeak import EspeakBackend
+from cordflow.tts.voices import VoiceChooser, pick
+
+IDS = [f"{i:016x}" for i in range(0, 3000, 7)]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return EspeakBackend({})
+
+
+@pytest.fixture(scope="module")
+def chooser(backend):
+    return VoiceChooser(backend, tts_config({}), seed=1234)
+
+
+def test_choice_depends_on_the_id_only(chooser):
+    forward = [chooser(i, "train") for i in IDS]
+    backward = [chooser(i, "train") for i in reversed(IDS)][::-1]
+    assert forward == backward
+    again = VoiceChooser(EspeakBackend({}), tts_config({}), seed=1234)
+    assert [again(i, "train") for i in IDS] == forward
+
+
+def test_choice_is_the_same_in_another_process(chooser, repo):
+    code = ("from cordflow.tts.voices import pick; from cordflow.tts.backends import Voice; "
+            "vs = [Voice(str(i)) for i in range(97)]; "
+            f"print(' '.join(pick(i, 1234, vs).name for i in {IDS[:20]!r}))")
+    env = dict(os.environ, PYTHONPATH=str(repo / "workflow"), PYTHONHASHSEED="99")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    voices = [Voice(str(i)) for i in range(97)]
+    assert res.stdout.split() == [pick(i, 1234, voices).name for i in IDS[:20]]
+
+
+def test_heldout_splits_use_only_heldout_voices(chooser):
+    cfg = tts_config({})
+    train = {chooser(i, "train").name for i in IDS}
+    test = {chooser(i, "test").name for i in IDS}
+    assert train == set(cfg["voices"]["train"])
+    assert test == set(cfg["voices"]["heldout"])
+    assert {chooser(i, "dev").name for i in IDS} <= set(cfg["voices"]["train"])
+
+
+def test_choices_spread_over_the_whole_set(chooser):
+    used = {chooser(i, "train") for i in IDS}
+    assert len(used) > 0.8 * len(chooser.train)
+
+
+def test_seed_changes_the_choice():
+    voices = [Voice(str(i)) for i in range(50)]
+    a = [pick(i, 1, voices) for i in IDS]
+    b = [pick(i, 2, voices) for i in IDS]
+    assert sum(x != y for x, y in zip(a, b)) > 0.9 * len(IDS)
+
+
+def test_a_voice_in_both_sets_is_refused(backend):
+    cfg = tts_config({"tts": {"voices": {"train": ["en-us", "en-gb"],
+                                         "heldout": ["en-gb"]}}})
+    with pytest.raises(VoiceError, match="tts.voices.heldout"):
+        VoiceChooser(backend, cfg, 0)
+
+
+def test_an_unknown_heldout_voice_fails_before_any_work(backend):
+    cfg = tts_config({"tts": {"voices": {"heldout": ["en-us-nyc", "xx-nope"]}}})
+    with pytest.raises(VoiceError, match=r"config key 'tts.voices.heldout\[1\]'"):
+        VoiceChooser(backend, cfg, 0)

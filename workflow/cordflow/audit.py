@@ -1,0 +1,491 @@
+"""``cordflow audit``: check an artifact's whole lineage against its provenance records.
+
+:func:`audit` walks from one artifact back to the sources: for every recorded artifact
+on the way it checks that the file (every file, for a directory; every companion file a
+job listed) still has the sha256 its record holds, and that every input still has the
+sha256 the consuming job recorded. An input is either a workflow artifact (covered by a
+record: its own ``.prov.json``, that of a directory artifact holding it, or a record
+listing it as a companion), whose lineage is then checked in turn, or, outside the results
+folder, a source (a user QA file, a staged dataset, model weights): its hash must match
+but it needs no record. An input under the results folder that no record covers is a
+problem. :func:`audit_all` checks every record under a folder and that every file in it
+is covered by one.
+
+Each file is hashed once per :class:`Auditor` (shared by every check it makes), in a
+small thread pool for the many-file cases (model folders, audio stores).
+
+Problems are :class:`Problem` values (path, kind, detail); kinds: ``changed`` (content
+differs from what was recorded), ``missing`` (recorded but gone), ``unrecorded`` (a
+workflow file no record covers), ``bad-record`` (a record that cannot be read).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from cordflow.io import sha256_file
+from cordflow.provenance import (
+    ENGINE_FILES,
+    SUFFIX,
+    directory_files,
+    is_record,
+    read_record,
+    record_path,
+)
+
+# Temporary folders that cordflow.io.atomic_path leaves only if a job was killed.
+_TMP_LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def norm(path: str | Path) -> Path:
+    """Absolute, normalised path (symlinks kept: a path is judged where it is)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies under it."""
+    path = norm(path)
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def short(sha: str | None) -> str:
+    return (sha or "-")[:12]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.kind}: {self.detail}"
+
+
+class HashCache:
+    """sha256 of files, each hashed at most once (many at a time in a thread pool)."""
+
+    def __init__(self, workers: int | None = None):
+        self._sha: dict[Path, str] = {}
+        self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._sha)
+
+    @staticmethod
+    def _hash(path: Path) -> tuple[str, int]:
+        return sha256_file(path), path.stat().st_size
+
+    def sha256(self, path: Path) -> str:
+        path = norm(path)
+        if path not in self._sha:
+            self._sha[path], size = self._hash(path)
+            self.bytes += size
+        return self._sha[path]
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Hash the not yet hashed, existing files of ``paths`` in parallel."""
+        todo = sorted({norm(p) for p in paths} - self._sha.keys())
+        todo = [p for p in todo if p.is_file()]
+        if len(todo) < 8:
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="audit-hash") as pool:
+            for p, (sha, size) in zip(todo, pool.map(self._hash, todo)):
+                self._sha[p] = sha
+                self.bytes += size
+
+    def tree(self, path: Path) -> dict[str, str]:
+        """``{relative path: sha256}`` of a directory (as :func:`provenance.hash_artifact`)."""
+        members = directory_files(path)
+        self.prefetch(members)
+        return {f.relative_to(path).as_posix(): self.sha256(f) for f in members}
+
+
+@dataclass
+class Node:
+    """One line of the lineage tree: an artifact (with its record), a source, or a
+    repeat of an artifact already shown above."""
+
+    path: Path
+    kind: str  # artifact | source | repeat | member-of | companions | unrecorded | folder
+    rule: str | None = None
+    record: dict[str, Any] | None = None
+    problems: list[Problem] = field(default_factory=list)
+    children: list["Node"] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Auditor:
+    """Checks artifacts against their records; remembers every file hashed and every
+    artifact checked, so a whole results folder costs one pass."""
+
+    def __init__(self, results_dir: str | Path = "results"):
+        self.results = norm(results_dir)
+        self.hashes = HashCache()
+        self.problems: dict[tuple[str, str], Problem] = {}
+        self.records: dict[Path, dict[str, Any]] = {}  # artifact -> record (checked)
+        self.sources: dict[Path, dict[str, Any]] = {}  # source path -> input entry
+        self.by_artifact: dict[Path, list[Problem]] = {}  # artifact -> what fails its check
+        self._nodes: dict[Path, Node] = {}
+        self._companions: dict[Path, Path] | None = None  # companion file -> artifact
+
+    # -- problems --------------------------------------------------------------------
+    def _problem(self, node: Node | None, path: Path | str, kind: str, detail: str,
+                 about: Path | None = None) -> None:
+        """Record a problem on ``node`` (the tree line) and under ``about`` (the artifact
+        whose check it fails: the file itself, or the job that read a changed input)."""
+        p = Problem(shown(path), kind, detail)
+        self.problems.setdefault((p.path, p.kind), p)
+        if node is not None:
+            node.problems.append(p)
+        if about is None and node is not None and node.kind == "artifact":
+            about = node.path
+        if about is not None:
+            self.by_artifact.setdefault(about, []).append(p)
+
+    def problem_list(self) -> list[Problem]:
+        return list(self.problems.values())
+
+    # -- records ---------------------------------------------------------------------
+    def _record(self, artifact: Path) -> dict[str, Any] | None:
+        rp = record_path(artifact)
+        if not rp.is_file():
+            return None
+        return read_record(rp)
+
+    @staticmethod
+    def _base(artifact: Path, rec: dict[str, Any]) -> Path:
+        """The working directory the job ran in, as seen from where the record lies now."""
+        recorded = Path(os.path.normpath(rec["artifact"]))
+        if not recorded.is_absolute():
+            parts = recorded.parts
+            if artifact.parts[-len(parts):] == parts:
+                return Path(*artifact.parts[: len(artifact.parts) - len(parts)])
+        return norm(rec.get("cwd") or os.getcwd())
+
+    @staticmethod
+    def _resolve(base: Path, path: str) -> Path:
+        p = Path(path)
+        return norm(p if p.is_absolute() else base / p)
+
+    def _under_results(self, path: Path) -> bool:
+        return path == self.results or self.results in path.parents
+
+    def owner(self, path: Path) -> tuple[Path, str | None] | None:
+        """The recorded artifact that covers ``path`` and how: ``(path, None)`` for its own
+        record, ``(dir, relpath)`` for a member of a directory artifact, ``(artifact,
+        "companion")`` for a run-time file a job listed. None if no record covers it."""
+        path = norm(path)
+        if record_path(path).is_file():
+            return path, None
+        for parent in path.parents:
+            if parent.name and record_path(parent).is_file():
+                return parent, path.relative_to(parent).as_posix()
+        owner = self.companion_index().get(path)
+        return (owner, "companion") if owner is not None else None
+
+    def companion_index(self) -> dict[Path, Path]:
+        """Companion file -> the artifact whose record lists it (records under the results
+        folder, read once, only when needed)."""
+        if self._companions is None:
+            self._companions = {}
+            if self.results.is_dir():
+                for rp in sorted(self.results.rglob("*" + SUFFIX)):
+                    artifact = rp.with_name(rp.name[: -len(SUFFIX)])
+                    try:
+                        rec = read_record(rp)
+                    except ValueError:
+                        continue  # reported when that artifact is checked
+                    base = self._base(artifact, rec)
+                    for c in rec.get("companions") or []:
+                        self._companions.setdefault(self._resolve(base, c["path"]), artifact)
+        return self._companions
+
+    # -- checks ----------------------------------------------------------------------
+    def artifact(self, path: str | Path) -> Node:
+        """Check the artifact at ``path`` and (once) its whole lineage; its tree node."""
+        path = norm(path)
+        if path in self._nodes:
+            first = self._nodes[path]
+            return Node(path, "repeat", rule=first.rule, note="shown above")
+        try:
+            rec = self._record(path)
+        except ValueError as e:
+            node = Node(path, "unrecorded")
+            self._nodes[path] = node
+            self._problem(node, record_path(path), "bad-record", str(e).split(": ", 1)[-1])
+            return node
+        if rec is None:
+            node = Node(path, "unrecorded")
+            self._nodes[path] = node
+            self._problem(node, path, "unrecorded",
+                          f"no provenance record ({record_path(path).name}); rerun the rule "
+                          "that writes it (cordflow stages write one on success)")
+            return node
+        node = Node(path, "artifact", rule=rec.get("rule"), record=rec)
+        self._nodes[path] = node
+        self.records[path] = rec
+        base = self._base(path, rec)
+        self._check_content(node, path, rec)
+        self._check_companions(node, base, rec)
+        for entry in rec.get("inputs") or []:
+            node.children.append(self._check_input(node, path, base, entry))
+        return node
+
+    def _check_content(self, node: Node, path: Path, rec: dict[str, Any]) -> None:
+        rule = rec.get("rule")
+        fix = f"rerun it (snakemake --forcerun {rule})"
+        if not path.exists():
+            self._problem(node, path, "missing", f"written by rule {rule} (record "
+                          f"{record_path(path).name} is still there) but gone; {fix}")
+        elif rec.get("type") == "directory":
+            if not path.is_dir():
+                self._problem(node, path, "changed", f"recorded as a directory, now a file; {fix}")
+                return
+            recorded, now = rec.get("files") or {}, self.hashes.tree(path)
+            for rel in sorted(recorded.keys() | now.keys()):
+                member = path / rel
+                if rel not in now:
+                    self._problem(node, member, "missing", f"file of {shown(path)} (rule "
+                                  f"{rule}) is gone; {fix}")
+                elif rel not in recorded:
+                    self._problem(node, member, "unrecorded", f"file in {shown(path)} that its "
+                                  f"record does not list (added after rule {rule} ran); {fix}")
+                elif recorded[rel] != now[rel]:
+                    self._problem(node, member, "changed", f"sha256 {short(now[rel])} but rule "
+                                  f"{rule} wrote {short(recorded[rel])}; {fix}")
+        elif not path.is_file():
+            self._problem(node, path, "changed", f"recorded as a file, now a directory; {fix}")
+        else:
+            now_sha = self.hashes.sha256(path)
+            if now_sha != rec.get("sha256"):
+                self._problem(node, path, "changed", f"sha256 {short(now_sha)} but rule {rule} "
+                              f"wrote {short(rec.get('sha256'))}; {fix}")
+
+    def _check_companions(self, node: Node, base: Path, rec: dict[str, Any]) -> None:
+        companions = rec.get("companions") or []
+        if not companions:
+            return
+        paths = [self._resolve(base, c["path"]) for c in companions]
+        self.hashes.prefetch(paths)
+        bad = 0
+        rule = rec.get("rule")
+        for c, p in zip(companions, paths):
+            if not p.is_file():
+                self._problem(node, p, "missing", f"run-time output of rule {rule} (listed in "
+                              f"{record_path(node.path).name}) is gone; rerun it (snakemake "
+                              f"--forcerun {rule})")
+                bad += 1
+            elif self.hashes.sha256(p) != c.get("sha256"):
+                self._problem(node, p, "changed", f"sha256 {short(self.hashes.sha256(p))} but "
+                              f"rule {rule} recorded {short(c.get('sha256'))}; rerun it "
+                              f"(snakemake --forcerun {rule})")
+                bad += 1
+        where = os.path.commonpath([str(p) for p in paths])
+        status = "all match" if not bad else f"{bad} differ"
+        node.children.append(Node(norm(where), "companions",
+                                  note=f"{len(paths)} run-time files, {status}"))
+
+    def _check_input(self, node: Node, consumer: Path, base: Path,
+                     entry: dict[str, Any]) -> Node:
+        """The input's node; problems go on it (the consumer's own content may be fine)."""
+        p = self._resolve(base, entry["path"])
+        cov = self.owner(p)
+        child = self._covered_child(p, cov) if cov is not None else Node(p, "source")
+        made = f"{shown(consumer)} (rule {node.rule})"
+        if not p.exists():
+            # A covered input that is gone is reported by its own check.
+            if cov is None:
+                self._problem(child, p, "missing", f"input of {made} is gone",
+                              about=consumer)
+            return child
+        if entry.get("type") == "directory":
+            recorded = entry.get("files") or {}
+            now = self.hashes.tree(p) if p.is_dir() else {}
+            differ = sorted(k for k in recorded.keys() | now.keys()
+                            if recorded.get(k) != now.get(k))
+            what = (f"files {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} differ"
+                    if p.is_dir() else "now a file")
+        else:
+            now_sha = self.hashes.sha256(p) if p.is_file() else None
+            differ = now_sha != entry.get("sha256")
+            what = (f"sha256 {short(now_sha)}, recorded {short(entry.get('sha256'))}"
+                    if p.is_file() else "now a directory")
+        if differ:
+            self._problem(child, p, "changed", f"is not the version {made} was made from "
+                          f"({what}); rerun snakemake to bring {shown(consumer)} up to date",
+                          about=consumer)
+        if cov is None:
+            if entry.get("record"):
+                self._problem(child, p, "unrecorded", f"its record {entry['record']} (there "
+                              f"when {made} ran) is gone", about=consumer)
+            elif self._under_results(p):
+                self._problem(child, p, "unrecorded", f"input of {made}, under the results "
+                              f"folder {shown(self.results)}, that no provenance record "
+                              "covers; rerun the rule that writes it", about=consumer)
+            else:
+                self.sources[p] = entry
+        return child
+
+    def _covered_child(self, p: Path, cov: tuple[Path, str | None]) -> Node:
+        artifact, how = cov
+        if how is None:
+            return self.artifact(artifact)
+        holder = self.artifact(artifact)
+        label = "companion of" if how == "companion" else "file of"
+        return Node(p, "member-of", rule=holder.rule, children=[holder],
+                    note=f"{label} {shown(artifact)}")
+
+
+@dataclass
+class Report:
+    root: Node
+    problems: list[Problem]
+    files_hashed: int
+    bytes_hashed: int
+    seconds: float
+    auditor: Auditor
+
+    @classmethod
+    def of(cls, root: Node, auditor: Auditor, t0: float) -> "Report":
+        return cls(root, auditor.problem_list(), len(auditor.hashes), auditor.hashes.bytes,
+                   time.perf_counter() - t0, auditor)
+
+
+def results_of(path: str | Path) -> Path:
+    """The results folder ``path`` lies in: its nearest ancestor named ``results``, else
+    ``./results``."""
+    path = norm(path)
+    return next((p for p in path.parents if p.name == "results"), norm("results"))
+
+
+def audit(path: str | Path, results_dir: str | Path | None = None) -> Report:
+    """Check ``path`` (an artifact, its ``.prov.json``, a file inside a directory artifact
+    or a run-time file a record lists) and its lineage back to the sources. Inputs under
+    ``results_dir`` (default: :func:`results_of` ``path``) must be covered by a record."""
+    t0 = time.perf_counter()
+    path = norm(path)
+    auditor = Auditor(results_dir if results_dir is not None else results_of(path))
+    if is_record(path):
+        path = path.with_name(path.name[: -len(SUFFIX)])
+    cov = auditor.owner(path)
+    if cov is None:
+        root = Node(path, "unrecorded")
+        where = ("a workflow file no record covers" if auditor._under_results(path)
+                 else f"not a workflow artifact (outside {shown(auditor.results)}, no record)")
+        if not path.exists():
+            where = "no such file, and no record for it"
+        auditor._problem(root, path, "unrecorded" if path.exists() else "missing", where)
+    else:
+        root = auditor._covered_child(path, cov)
+    return Report.of(root, auditor, t0)
+
+
+def _walk_files(folder: Path, exclude: Iterable[str]) -> list[Path]:
+    patterns = list(exclude)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            rel = f.relative_to(folder).as_posix()
+            if not any(fnmatch.fnmatch(rel, pat) for pat in patterns):
+                out.append(norm(f))
+    return out
+
+
+def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()) -> Report:
+    """:func:`audit_all` with the figures (files hashed, time)."""
+    t0 = time.perf_counter()
+    folder = norm(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"audit --all: {folder} is not a folder")
+    auditor = Auditor(folder)
+    files = _walk_files(folder, exclude)
+    root = Node(folder, "folder", note="every record under it")
+    for rp in (f for f in files if is_record(f)):
+        root.children.append(auditor.artifact(rp.with_name(rp.name[: -len(SUFFIX)])))
+    covered: set[Path] = set()
+    for artifact, rec in auditor.records.items():
+        covered.add(artifact)
+        if rec.get("type") == "directory":
+            covered.update(artifact / rel for rel in rec.get("files") or {})
+            covered.update(artifact / name for name in ENGINE_FILES)
+        base = auditor._base(artifact, rec)
+        covered.update(auditor._resolve(base, c["path"]) for c in rec.get("companions") or [])
+    for f in files:
+        if is_record(f) or f in covered:
+            continue
+        leftover = next((p for p in [f, *f.parents] if _TMP_LEFTOVER.match(p.name)), None)
+        hint = (f"left by an interrupted job in {shown(leftover)} (safe to delete)"
+                if leftover is not None else
+                "no provenance record covers it (no sidecar, not in a recorded folder, not "
+                "listed by any job); rerun the rule that writes it, or delete it if no rule does")
+        auditor._problem(root, f, "unrecorded", hint)
+    return Report.of(root, auditor, t0)
+
+
+def audit_all(folder: str | Path = "results", exclude: Iterable[str] = ()) -> list[Problem]:
+    """Every problem in ``folder``: each record checks out (artifact, companions and the
+    whole lineage), and each file in it is covered by a record. ``exclude``: glob patterns
+    (relative to ``folder``) of files to leave out, e.g. ``report.html``. Empty = clean."""
+    return audit_all_report(folder, exclude).problems
+
+
+# -- display ------------------------------------------------------------------------------
+def _label(node: Node) -> str:
+    from rich.markup import escape
+
+    name = f"[bold]{escape(shown(node.path))}[/]"
+    mark = "[green]ok[/]" if node.ok else "[red]" + escape(
+        ", ".join(sorted({p.kind for p in node.problems}))) + "[/]"
+    if node.kind == "artifact":
+        rec = node.record or {}
+        bits = [f"rule [cyan]{escape(str(node.rule))}[/]"]
+        if rec.get("type") == "directory":
+            bits.append(f"{len(rec.get('files') or {})} files")
+        bits.append(f"sha256 {short(rec.get('sha256'))}")
+        if rec.get("ended"):
+            bits.append(escape(rec["ended"]))
+        return f"{name}  {'  '.join(bits)}  {mark}"
+    if node.kind == "source":
+        return f"{name}  [magenta]source[/] (outside the results, no record needed)  {mark}"
+    if node.kind == "repeat":
+        return f"[dim]{escape(shown(node.path))}  (rule {node.rule}, {node.note})[/]"
+    if node.kind == "companions":
+        ok = "differ" not in node.note
+        return (f"[dim]{escape(shown(node.path))}/…[/]  {escape(node.note)}  "
+                + ("[green]ok[/]" if ok else "[red]changed[/]"))
+    if node.kind == "folder":
+        return f"{name}  [dim]{escape(node.note)}[/]  {mark}"
+    if node.kind == "member-of":
+        return f"{name}  [dim]{escape(node.note)}[/]  {mark}"
+    return f"{name}  {mark}"
+
+
+def tree(node: Node):
+    """The lineage as a :class:`rich.tree.Tree` (repeated artifacts shown once)."""
+    from rich.tree import Tree
+
+    def build(n: Node, t: Tree) -> None:
+        for child in n.children:
+            build(child, t.add(_label(child)))
+
+    root = Tree(_label(node))
+    build(node, root)
+    return root

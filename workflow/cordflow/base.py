@@ -1,0 +1,150 @@
+"""Stage ``base``: the audio language model every later stage starts from.
+
+Real presets: the staged checkpoint itself. The output folder then holds ``staged.json``
+(the folder's path and the sha256 of every file in it) and :func:`cordflow.models.load`
+follows it, so 15 GB of weights are neither copied nor downloaded.
+
+``tiny``: build the base the way real audio LMs are built, so that a real audio-text gap
+exists:
+
+(a) text pre-training of a fresh model on the QA train split (all of it, text prompts ->
+    gold answers) with warm-up and gradient clipping, until held-out TEXT accuracy reaches
+    ``base.text.bar`` (checked every ``eval_every`` steps; the stage fails if the step budget
+    ends below it);
+(b) audio alignment with the language model FROZEN (audio encoder + projector only) on the
+    spoken train questions for ``base.audio.steps`` steps. Training all weights on audio
+    destroys text ability at this scale (measured), so the LM stays frozen.
+
+The output is a ``save_pretrained`` folder (safetensors) with ``metrics.json`` (text and audio
+accuracy on the held-out split at the end of each phase) and ``train_log.jsonl`` / ``tb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from cordflow import data, infer, models
+from cordflow.config import section
+from cordflow.io import atomic_path, sha256_file, write_text_atomic
+from cordflow.training import Checkpoints, LoopConfig, StepLog, fit, work_dir
+
+log = logging.getLogger("cordflow.base")
+
+
+def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Path) -> None:
+    mcfg = section(params, "model")
+    cfg = section(params, "base")
+    if mcfg["preset"] != "tiny":
+        stage_pointer(mcfg, out_dir)
+        return
+    seed = int(params.get("seed", 0))
+    work = work_dir(out_dir, "base", params, [qa_train, qa_test, manifest])
+    work.mkdir(parents=True, exist_ok=True)
+
+    text_train = data.spoken_pairs(qa_train, None).items
+    text_test = data.spoken_pairs(qa_test, None).items
+    audio_train = data.spoken_pairs(qa_train, manifest).items
+    audio_test = data.spoken_pairs(qa_test, manifest).items
+    bar_items = text_test.sample(n=min(cfg["text"]["eval_items"], len(text_test)),
+                                 random_state=seed)
+
+    corpus = models.tiny_corpus(list(text_train["question"]), list(text_train["answer"]),
+                                mcfg["system_prompt"])
+    model, processor = models.build_tiny(mcfg["tiny"], corpus, seed)
+    device = models.resolve_device(mcfg)
+    model.to(device)
+    loaded = models.Loaded(model, processor, device, mcfg["system_prompt"], mcfg["instruction"])
+    steplog = StepLog(work / "train_log.jsonl", work / "tb", "text")
+    metrics: dict = {}
+    eval_bs = cfg["eval_batch_size"]
+    max_new = mcfg["max_new_tokens"]
+
+    # (a) text pre-training, to the held-out text bar
+    text_done = work / "text_done"
+    if text_done.is_dir():
+        log.info("text phase already done in %s: loading it", text_done)
+        loaded = models.load(text_done, mcfg)
+        model = loaded.model
+        metrics = json.loads((text_done / "metrics.json").read_text())
+    else:
+        models.set_trainable(model, ["lm"])
+        tcfg = cfg["text"]
+        batches = data.Batches(len(text_train), tcfg["batch_size"], seed)
+
+        def text_step(step: int):
+            rows = text_train.iloc[batches(step)]
+            loss = target_nll(loaded, models.encode_text(loaded, list(rows["question"])),
+                              list(rows["answer"]))
+            return loss, {}
+
+        def text_eval(step: int):
+            acc = infer.accuracy(loaded, bar_items, "text", eval_bs, max_new)
+            log.info("text phase step %d: held-out text accuracy %.3f", step, acc)
+            return {"heldout_text_acc": acc}, acc >= tcfg["bar"]
+
+        res = fit(model, LoopConfig.from_cfg(tcfg), text_step, Checkpoints(work / "ckpt-text"),
+                  steplog, "base: text", eval_fn=text_eval, eval_every=tcfg["eval_every"])
+        acc = res.last.get("heldout_text_acc", float("nan"))
+        if not acc >= tcfg["bar"]:
+            raise SystemExit(
+                f"base: held-out text accuracy {acc:.3f} after {res.steps} steps is below "
+                f"base.text.bar = {tcfg['bar']}; raise base.text.steps or lr, or lower the bar")
+        metrics["text_phase"] = {"steps": res.steps, "heldout_text_acc": acc}
+        with atomic_path(text_done) as tmp:
+            models.save(model, processor, tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics))
+
+    # (b) audio alignment, LM frozen
+    acfg = cfg["audio"]
+    models.set_trainable(model, ["audio"])
+    batches = data.Batches(len(audio_train), acfg["batch_size"], seed + 1)
+    steplog.phase = "audio"
+
+    def audio_step(step: int):
+        rows = audio_train.iloc[batches(step)]
+        loss = target_nll(loaded, infer.prompts(loaded, rows, "audio"), list(rows["answer"]))
+        return loss, {}
+
+    fit(model, LoopConfig.from_cfg(acfg), audio_step, Checkpoints(work / "ckpt-audio"), steplog,
+        "base: audio")
+    steplog.close()
+
+    text_acc = infer.accuracy(loaded, text_test, "text", eval_bs, max_new)
+    audio_acc = infer.accuracy(loaded, audio_test, "audio", eval_bs, max_new)
+    metrics["final"] = {"heldout_text_acc": text_acc, "heldout_audio_acc": audio_acc,
+                        "n_text": len(text_test), "n_audio": len(audio_test)}
+    log.info("base: held-out text accuracy %.3f, audio accuracy %.3f (a gap of %.3f)",
+             text_acc, audio_acc, text_acc - audio_acc)
+    with atomic_path(out_dir) as tmp:
+        models.save(model, processor, tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        shutil.copy(work / "train_log.jsonl", tmp / "train_log.jsonl")
+        shutil.copytree(work / "tb", tmp / "tb")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def target_nll(loaded: models.Loaded, prompt: dict, answers: list[str]) -> torch.Tensor:
+    """Mean token NLL of the gold answers (+ stop token) after ``prompt``."""
+    from cordflow.train.losses import completion_terms, sft_loss
+
+    targets = models.encode_targets(loaded, answers)
+    hidden = models.completion_hidden(loaded.model, prompt, targets)
+    terms = completion_terms(hidden, models.lm_head(loaded.model), targets.ids, targets.mask)
+    return sft_loss(terms["logp"], targets.mask)
+
+
+def stage_pointer(mcfg: dict, out_dir: Path) -> None:
+    """A real preset's base: record the staged folder and its file hashes (no copy)."""
+    folder = models.require_staged(mcfg["path"], mcfg["preset"])
+    files = {str(f.relative_to(folder)): sha256_file(f)
+             for f in sorted(folder.rglob("*")) if f.is_file()}
+    pointer = {"preset": mcfg["preset"], "path": str(folder.resolve()), "files": files}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_text_atomic(tmp / models.POINTER, json.dumps(pointer, indent=1, sort_keys=True))
+    log.info("base: staged %s (%d files) recorded in %s", folder, len(files), out_dir)

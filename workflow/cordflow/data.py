@@ -1,0 +1,78 @@
+"""Spoken QA pairs for the model stages: a QA table joined with the audio manifest.
+
+:func:`spoken_pairs` gives one row per question that has a usable clip (id, question,
+answer, answer_type, choices, split, audio_path, voice); questions without one (no clip, or
+a clip the TTS quality checks rejected) are counted and logged with their reasons, never
+dropped silently. :class:`Batches` deals deterministic batches by step number, so a resumed
+training run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("cordflow.data")
+
+
+@dataclass
+class Pairs:
+    items: pd.DataFrame
+    excluded: pd.DataFrame  # id, reason
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def spoken_pairs(qa_path: str | Path, manifest_path: str | Path | None) -> Pairs:
+    """Join ``qa_path`` with the manifest on id (without a manifest: text only)."""
+    from cordflow.source import read_qa
+
+    qa = read_qa(qa_path)
+    if manifest_path is None:
+        items = qa.assign(audio_path=None, voice=None)
+        return Pairs(items.reset_index(drop=True), pd.DataFrame(columns=["id", "reason"]))
+    from cordflow.tts import read_manifest
+
+    manifest = read_manifest(manifest_path)
+    ok = manifest["status"] != "rejected"
+    clips = manifest.loc[ok, ["id", "path", "voice"]].rename(columns={"path": "audio_path"})
+    items = qa.merge(clips, on="id", how="left", validate="one_to_one")
+    missing = items["audio_path"].isna()
+    rejected = manifest.loc[~ok].set_index("id")["reason"]
+    excluded = pd.DataFrame({
+        "id": items.loc[missing, "id"],
+        "reason": [f"tts_rejected: {rejected[i]}" if i in rejected.index
+                   else f"no_clip: {manifest_path} has no clip for it"
+                   for i in items.loc[missing, "id"]],
+    })
+    if len(excluded):
+        log.warning("%s: %d of %d questions have no usable clip (e.g. %s); they are left out "
+                    "of audio training", qa_path, len(excluded), len(items),
+                    excluded["reason"].iloc[0])
+    items = items.loc[~missing].reset_index(drop=True)
+    return Pairs(items, excluded.reset_index(drop=True))
+
+
+class Batches:
+    """Batch ``step`` of an endless, seeded shuffle of ``n`` items (epoch by epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n == 0:
+            raise SystemExit("no training items: check the QA table and the audio manifest")
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def __call__(self, step: int) -> np.ndarray:
+        per_epoch = self.n // self.batch_size
+        epoch, i = divmod(step, per_epoch)
+        return self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]

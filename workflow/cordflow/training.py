@@ -1,0 +1,309 @@
+"""The training loop the model stages share (base, sft, every method in train).
+
+One readable function, :func:`fit`: the stage gives it the trainable parameters and a
+``step_fn(step) -> (loss, metrics)`` that builds its own batch from the step number (so a
+resumed run sees exactly the batches an uninterrupted one would). The loop does the rest:
+AdamW, warm-up + schedule, gradient clipping, a NaN/inf guard that stops with a clear
+message, atomic checkpoints every ``ckpt_every`` steps and resume from the last one, a
+per-step log (jsonl + TensorBoard) and a progress bar with rate and ETA.
+
+Checkpoints hold only what training changes: trainable weights (safetensors), optimizer
+state, torch RNG state and the step's extra state (e.g. an EMA teacher), loaded back with
+``torch.load(weights_only=True)``. They live outside the stage's output folder (Snakemake
+clears that before a job), in a folder named after the run's identity (see
+:func:`run_key`), so a changed config never resumes a stale run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from cordflow.io import atomic_path
+
+log = logging.getLogger("cordflow.training")
+
+StepFn = Callable[[int], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation settings of one training phase (from a stage's config section)."""
+
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ckpt_every: int = 50
+    log_every: int = 1
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "LoopConfig":
+        keys = cls.__dataclass_fields__
+        kw = {k: cfg[k] for k in keys if k in cfg}
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return cls(**kw)
+
+
+def lr_at(step: int, cfg: LoopConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine/linear decay to
+    ``min_lr_ratio * lr`` at the last step (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+
+def run_key(*parts: Any) -> str:
+    """A short stable hash of a run's identity (params, input hashes, code version)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class NonFiniteLoss(SystemExit):
+    pass
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+class Checkpoints:
+    """Atomic checkpoints ``step-<N>/`` under ``root``; keeps the newest ``keep``."""
+
+    def __init__(self, root: str | Path, keep: int = 2):
+        self.root = Path(root)
+        self.keep = keep
+
+    def _dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        done = [d for d in self.root.glob("step-*") if (d / "state.json").exists()]
+        return sorted(done, key=lambda d: int(d.name.split("-")[1]))
+
+    def latest(self) -> Path | None:
+        dirs = self._dirs()
+        return dirs[-1] if dirs else None
+
+    def save(self, step: int, named: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+             extra: dict[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        target = self.root / f"step-{step}"
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            save_file({k: p.detach().cpu().contiguous() for k, p in named.items()},
+                      str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "extra": extra}, tmp / "state.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step}))
+        for old in self._dirs()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load(self, ckpt: Path, named: dict[str, torch.nn.Parameter],
+             opt: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        missing = set(named) ^ set(weights)
+        if missing:
+            raise SystemExit(f"checkpoint {ckpt} does not match the trainable parameters "
+                             f"({sorted(missing)[:3]}...); delete {self.root} to start over")
+        with torch.no_grad():
+            for k, p in named.items():
+                p.copy_(weights[k].to(p.device, p.dtype))
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step = json.loads((ckpt / "state.json").read_text())["step"]
+        return step, state["extra"]
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ logging
+
+class StepLog:
+    """One JSON object per line in ``path`` and the same scalars in TensorBoard."""
+
+    def __init__(self, path: str | Path, tb_dir: str | Path | None, phase: str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.phase = phase
+        self.tb = None
+        if tb_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(tb_dir))
+            except ImportError:  # tensorboard not in this environment
+                log.warning("tensorboard is not installed: logging to %s only", self.path)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"phase": self.phase, "step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(f"{self.phase}/{k}", v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop rows of this phase logged after the checkpoint's step."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("phase") != self.phase or row["step"] <= step:
+                keep.append(line)
+        self.path.write_text("".join(x + "\n" for x in keep))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------------------ the loop
+
+@dataclass
+class FitResult:
+    steps: int
+    resumed_from: int | None
+    last: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def _progress(total: int, initial: int, desc: str) -> Iterator:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=2.0,
+                dynamic_ncols=False, ncols=100)
+
+
+def fit(
+    model: torch.nn.Module,
+    cfg: LoopConfig,
+    step_fn: StepFn,
+    ckpt: Checkpoints,
+    steplog: StepLog,
+    desc: str,
+    eval_fn: Callable[[int], "tuple[dict[str, float], bool]"] | None = None,
+    eval_every: int = 0,
+    state_fn: Callable[[], dict[str, Any]] | None = None,
+    load_state_fn: Callable[[dict[str, Any]], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Run ``cfg.steps`` optimiser steps of ``step_fn`` over the model's trainable weights.
+
+    ``eval_fn(step) -> (metrics, stop)`` runs every ``eval_every`` steps (and at the end);
+    ``stop`` ends training early (e.g. an accuracy bar reached). ``state_fn`` /
+    ``load_state_fn`` carry extra state through checkpoints (``load_state_fn`` also gets the
+    checkpoint's ``"step"``); ``after_step`` runs after each optimiser step (e.g. an EMA
+    update).
+    """
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas)
+
+    start, resumed = 0, None
+    if (latest := ckpt.latest()) is not None:
+        start, extra = ckpt.load(latest, named, opt)
+        resumed = start
+        if load_state_fn is not None:
+            load_state_fn(extra)
+        steplog.truncate_after(start)
+        log.info("%s: resumed from %s (step %d of %d)", desc, latest, start, cfg.steps)
+
+    result = FitResult(steps=start, resumed_from=resumed)
+    bar = _progress(cfg.steps, start, desc)
+    model.train()
+    try:
+        for step in range(start, cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            t0 = time.perf_counter()
+            loss, metrics = step_fn(step)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"{desc}: loss is {loss.item()} at step {step} (terms: "
+                    f"{ {k: v for k, v in metrics.items() if 'loss' in k} }); stopping. Lower "
+                    "the learning rate or raise grad_clip strictness; the last good checkpoint "
+                    f"is in {ckpt.root}")
+            opt.zero_grad(set_to_none=True)
+            t1 = time.perf_counter()
+            loss.backward()
+            t_backward = time.perf_counter() - t1
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "
+                                    "stopping (see the step log for the loss terms)")
+            opt.step()
+            if after_step is not None:
+                after_step(step)
+            metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(),
+                       "lr": opt.param_groups[0]["lr"],
+                       "time_step": time.perf_counter() - t0, "time_backward": t_backward,
+                       **metrics}
+            done = step + 1
+            stop = False
+            if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
+                evaluation, stop = eval_fn(done)
+                metrics.update(evaluation)
+            if done % cfg.log_every == 0 or done == cfg.steps or stop:
+                steplog.write(done, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+            result.steps, result.last = done, metrics
+            if stop:
+                result.stopped_early = True
+                log.info("%s: stopping at step %d (%s)", desc, done, evaluation)
+                break
+            if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
+                ckpt.save(done, named, opt, {**(state_fn() if state_fn else {}), "step": done})
+    finally:
+        bar.close()
+    return result
+
+
+def work_dir(out_dir: str | Path, rule: str, params: dict, inputs: list[str | Path]) -> Path:
+    """Where a run keeps checkpoints and its growing logs until it succeeds: a hidden folder
+    beside the output (``.<name>.work-<key>``), keyed by the rule's params, code version and
+    inputs (path, size, mtime), so only an identical rerun resumes from it."""
+    from cordflow.config import code_version
+
+    out_dir = Path(out_dir)
+    stamp = [(str(p), *(_stat(Path(p)))) for p in inputs]
+    key = run_key(rule, params, code_version(rule), stamp)
+    return out_dir.parent / f".{out_dir.name}.work-{key}"
+
+
+def _stat(path: Path) -> tuple[int, float]:
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        return sum(f.stat().st_size for f in files), max((f.stat().st_mtime for f in files),
+                                                         default=0.0)
+    return path.stat().st_size, path.stat().st_mtime

@@ -1,0 +1,60 @@
+"""Stage ``tts``: the questions spoken, as 16 kHz mono FLAC clips and a manifest.
+
+Three rules. ``tts_plan`` (a checkpoint) deals the items of every QA table to
+``tts.n_shards`` plans by a hash of the id (``plan/{k}.parquet``: ``id``, ``split``,
+``spoken``); a new question changes one plan, and unchanged plans keep their bytes, so
+only that shard runs again. ``tts_shard`` speaks one plan into the content-addressed store
+(:mod:`cordflow.tts.store`; a clip already there is reused) and writes
+``shards/{k}.parquet``. ``tts_gather`` writes ``manifest.parquet`` and ``rejected.parquet``.
+
+Each item's voice is chosen from its id (:mod:`cordflow.tts.voices`; held-out splits use
+the held-out voices), spoken by the backend (:mod:`cordflow.tts.backends`: ``espeak`` by
+default, in-process; ``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz,
+-23 LUFS, peak cap, pad, FLAC) and checked (:mod:`cordflow.tts.quality`). Two runs give
+byte-identical clips and tables.
+
+The manifest (:data:`CLIP_SCHEMA`; shard tables have the same columns), one row per item
+of every QA table, sorted by ``id``:
+
+- ``id``, ``split``, ``spoken`` (the text read), as in the QA tables;
+- ``status``: ``ok`` | ``flagged`` (usable, worth a look) | ``rejected`` (do not use);
+  ``flags``: list of problem codes; ``reason``: ``"code: detail; ..."`` ("" when ok);
+- ``voice``: the voice spec (espeak ``en-us+m1,pitch=50,rate=175``; a Coqui speaker);
+  ``backend``, ``backend_version``;
+- ``path``: the FLAC file (under the ``--store`` folder as given, normally
+  ``results/audio/store/..``, relative to the workflow's working directory); ``sha256`` of
+  the file; ``sample_rate`` (Hz), ``n_samples``, ``duration`` (s, padding included);
+- measurements: ``speech_duration`` (s, without the padding), ``silence_ratio``,
+  ``clip_ratio`` (raw output at full scale), ``loudness_lufs`` and ``peak_dbfs`` of the
+  clip (``-inf`` when silent).
+
+Rejected clips are kept (in the manifest and in ``rejected.parquet``, same columns, with
+their audio) and items in = ok + flagged + rejected, per shard and in total, or the stage
+fails. Downstream stages read the manifest with ``read_manifest(path, usable=True)`` (or
+``read_manifest(path)`` and the mask ``usable(manifest)``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+
+from cordflow.tts.schema import CLIP_SCHEMA, PLAN_SCHEMA, read_clips, read_manifest, usable
+
+__all__ = ["CLIP_SCHEMA", "PLAN_SCHEMA", "read_clips", "read_manifest", "tts_config", "usable"]
+
+
+def tts_config(params: dict) -> dict:
+    """The ``tts`` section validated against config/schema.yaml, defaults filled in (so
+    ``--params`` given by hand may leave keys out)."""
+    from cordflow.config import SCHEMA, _default_extending_validator
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 7x faster
+    schema = yaml.load(SCHEMA.read_text(), Loader=loader)["properties"]["tts"]
+    cfg = copy.deepcopy(params.get("tts") or {})
+    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
+    if errors:
+        lines = [f"tts/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        raise ValueError("invalid tts config:\n  " + "\n  ".join(lines))
+    return cfg

@@ -1,0 +1,142 @@
+"""Rule ``tts_shard``: speak one plan into the store and write its clip table.
+
+For every plan row: choose the voice (:mod:`cordflow.tts.voices`), look the clip up in the
+store by its key (:mod:`cordflow.tts.store`), and only if it is missing synthesise and
+post-process it; then run the quality checks (:mod:`cordflow.tts.quality`). The table
+(:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by id) depends only on the plan and the
+config, never on what the store already held. With ``threads >= 2`` the backend speaks
+the next clips in a second thread while this one post-processes (espeak and the audio
+libraries release the GIL); the output is the same either way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from cordflow.tts import post, quality
+from cordflow.tts.backends import Audio, Backend, Voice, get_backend
+from cordflow.tts.schema import CLIP_ARROW, CLIP_SCHEMA, clip_frame, read_plan, write_table
+from cordflow.tts.store import MEASUREMENTS, Store, clip_key, code_hash
+from cordflow.tts.voices import VoiceChooser
+
+log = logging.getLogger("cordflow.tts")
+LOOKAHEAD = 8  # clips synthesised ahead of post-processing (bounds memory)
+
+
+class ShardStats(NamedTuple):
+    items: int
+    ok: int
+    flagged: int
+    rejected: int
+    synthesised: int
+    reused: int
+
+
+class Job(NamedTuple):
+    key: str
+    text: str
+    voice: Voice
+
+
+def sound_code(backend: Backend) -> str:
+    """Hash of the code that shapes a clip's sound: the backend module and post.py."""
+    return code_hash(inspect.getsourcefile(type(backend)), inspect.getsourcefile(post))
+
+
+def synthesised(backend: Backend, jobs: list[Job], threads: int) -> Iterator[tuple[Job, Audio]]:
+    """``(job, raw audio)`` in job order; with ``threads >= 2`` up to :data:`LOOKAHEAD`
+    clips are synthesised ahead in a worker thread."""
+    if threads < 2:
+        for job in jobs:
+            yield job, backend.synthesize(job.text, job.voice)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-synth") as pool:
+        todo = iter(jobs)
+        pending = deque((job, pool.submit(backend.synthesize, job.text, job.voice))
+                        for job in islice(todo, LOOKAHEAD))
+        while pending:
+            job, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(backend.synthesize, nxt.text, nxt.voice)))
+            yield job, future.result()
+
+
+def speak_all(backend: Backend, jobs: list[Job], store: Store, post_cfg: dict, meta: dict,
+              threads: int = 1, progress=None) -> dict[str, dict]:
+    """Synthesise, post-process and store ``jobs`` (distinct keys); key -> stored record."""
+    out = {}
+    for job, audio in synthesised(backend, jobs, threads):
+        clip = post.process(audio.samples, audio.sample_rate, post_cfg)
+        measured = {k: getattr(clip, k) for k in MEASUREMENTS}
+        out[job.key] = store.put(job.key, clip.flac, {**meta, "text": job.text,
+                                                      "voice": job.voice.spec, **measured})
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | Path,
+        threads: int = 1) -> ShardStats:
+    """Speak the plan at ``plan_path`` into ``store_dir``; write the clip table ``out``."""
+    from tqdm import tqdm
+
+    from cordflow.tts import tts_config
+
+    cfg = tts_config(params)
+    seed = int(params.get("seed", 0))
+    plan = read_plan(plan_path)
+    name = f"tts shard {Path(plan_path).stem}"
+    with get_backend(cfg) as backend:
+        choose = VoiceChooser(backend, cfg, seed)
+        version, code = backend.version, sound_code(backend)
+        store = Store(store_dir)
+        keys, jobs, records = [], [], {}
+        for item_id, split, text in plan[["id", "split", "spoken"]].itertuples(index=False):
+            voice = choose(item_id, split)
+            key = clip_key(text, voice.spec, backend.name, version, cfg["post"], code)
+            keys.append((key, voice))
+            if key not in records:
+                found = store.get(key)
+                if found is None:
+                    records[key] = None
+                    jobs.append(Job(key, text, voice))
+                else:
+                    records[key] = found
+        reused = sum(r is not None for r in records.values())
+        meta = {"backend": backend.name, "backend_version": version, "post": cfg["post"],
+                "code": code}
+        with tqdm(total=len(plan), initial=len(plan) - len(jobs), desc=name, unit="clip",
+                  file=sys.stderr, mininterval=1.0) as bar:
+            records.update(speak_all(backend, jobs, store, cfg["post"], meta, threads, bar))
+
+    rows = []
+    for (item_id, split, text), (key, voice) in zip(
+            plan[["id", "split", "spoken"]].itertuples(index=False), keys):
+        rec = records[key]
+        verdict = quality.check(rec, text, cfg["quality"])
+        rows.append({
+            "id": item_id, "split": split, "status": verdict.status, "voice": voice.spec,
+            "path": rec["path"], "sha256": rec["sha256"], "duration": rec["duration"],
+            "sample_rate": rec["sample_rate"], "n_samples": rec["n_samples"],
+            "backend": backend.name, "backend_version": version, "flags": verdict.flags,
+            "reason": verdict.reason, "spoken": text,
+            **{k: rec[k] for k in ("speech_duration", "silence_ratio", "clip_ratio",
+                                   "loudness_lufs", "peak_dbfs")},
+        })
+    table = CLIP_SCHEMA.validate(clip_frame(rows))
+    counts = table["status"].value_counts()
+    ok, flagged, rejected = (int(counts.get(s, 0)) for s in ("ok", "flagged", "rejected"))
+    if ok + flagged + rejected != len(plan):
+        raise RuntimeError(f"{name}: {len(plan)} items in but {ok + flagged + rejected} out")
+    write_table(table, out, CLIP_ARROW)
+    log.info("%s: %d items in = %d ok + %d flagged + %d rejected (synthesised %d, reused %d)",
+             name, len(plan), ok, flagged, rejected, len(jobs), reused)
+    return ShardStats(len(plan), ok, flagged, rejected, len(jobs), reused)
