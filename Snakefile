@@ -2,7 +2,6 @@
 # Each rule is a thin `python -m cordflow <stage>` call; the work lives in workflow/cordflow.
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
 
@@ -25,6 +24,6 @@ include: "rules/provenance.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

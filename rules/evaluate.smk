@@ -3,18 +3,20 @@ rule evaluate:
         unpack(eval_inputs),
     output:
         "results/eval/{model}/{benchmark}.parquet",
-    params:
-        cfg=eval_params,
-        code=code_version("evaluate"),
-        data=lambda wildcards, input: " ".join(
-            repeat_opt(f"--{k}", [input[k]]) for k in ("qa", "manifest") if k in input.keys()
-        ),
     log:
         "logs/evaluate/{model}/{benchmark}.log",
     conda:
         "../envs/eval.yaml"
+    params:
+        cfg=eval_params,
+        code=code_version("evaluate"),
+        data=lambda wildcards, input: " ".join(
+            repeat_opt(f"--{k}", [input[k]])
+            for k in ("qa", "manifest")
+            if k in input.keys()
+        ),
     shell:
-        "{CORDFLOW} evaluate --params {params.cfg:q} --model {input.model:q}"
+        "python -m cordflow evaluate --params {params.cfg:q} --model {input.model:q}"
         " --model-name {wildcards.model} --benchmark {wildcards.benchmark} {params.data}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -33,14 +35,14 @@ rule summarize:
             caption="../report/gap_plot.rst",
             category="Audio-text gap",
         ),
-    params:
-        cfg=params_of("summarize"),
-        code=code_version("summarize"),
-        evals=lambda wildcards, input: repeat_opt("--eval", input),
     log:
         "logs/summarize.log",
     conda:
         "../envs/eval.yaml"
+    params:
+        cfg=params_of("summarize"),
+        code=code_version("summarize"),
+        evals=lambda wildcards, input: repeat_opt("--eval", input),
     shell:
-        "{CORDFLOW} summarize --params {params.cfg:q} {params.evals}"
+        "python -m cordflow summarize --params {params.cfg:q} {params.evals}"
         " --out-table {output.table:q} --out-plot {output.plot:q} > {log:q} 2>&1"

@@ -5,15 +5,15 @@ rule base:
         manifest="results/audio/manifest.parquet",
     output:
         directory("results/models/base"),
-    params:
-        cfg=params_of("base"),
-        code=code_version("base"),
     log:
         "logs/models/base.log",
     conda:
         "../envs/train.yaml"
+    params:
+        cfg=params_of("base"),
+        code=code_version("base"),
     shell:
-        "{CORDFLOW} base --params {params.cfg:q} --qa-train {input.qa_train:q}"
+        "python -m cordflow base --params {params.cfg:q} --qa-train {input.qa_train:q}"
         " --qa-test {input.qa_test:q} --manifest {input.manifest:q} --out-dir {output:q}"
         " > {log:q} 2>&1"
 
@@ -25,14 +25,14 @@ rule sft:
         manifest="results/audio/manifest.parquet",
     output:
         directory("results/models/warmup"),
-    params:
-        cfg=params_of("sft"),
-        code=code_version("sft"),
     log:
         "logs/models/sft.log",
     conda:
         "../envs/train.yaml"
+    params:
+        cfg=params_of("sft"),
+        code=code_version("sft"),
     shell:
-        "{CORDFLOW} sft --params {params.cfg:q} --base {input.base:q}"
+        "python -m cordflow sft --params {params.cfg:q} --base {input.base:q}"
         " --qa-train {input.qa_train:q} --manifest {input.manifest:q} --out-dir {output:q}"
         " > {log:q} 2>&1"

@@ -22,5 +22,5 @@ rule provenance:
         code=code_version("provenance"),
         targets=lambda wildcards, input: repeat_opt("--target", input),
     shell:
-        "{CORDFLOW} provenance --params {params.cfg:q} {params.targets}"
+        "python -m cordflow provenance --params {params.cfg:q} {params.targets}"
         " --out {output:q} --results results > {log:q} 2>&1"

@@ -8,12 +8,12 @@ rule source:
             caption="../report/rejected.rst",
             category="Data",
         ),
-    params:
-        cfg=params_of("source"),
-        code=code_version("source"),
     log:
         "logs/source.log",
     conda:
         "../envs/data.yaml"
+    params:
+        cfg=params_of("source"),
+        code=code_version("source"),
     shell:
-        "{CORDFLOW} source --params {params.cfg:q} --out-dir results/qa > {log:q} 2>&1"
+        "python -m cordflow source --params {params.cfg:q} --out-dir results/qa > {log:q} 2>&1"

@@ -5,14 +5,14 @@ rule train:
         manifest="results/audio/manifest.parquet",
     output:
         directory("results/models/{method}"),
-    params:
-        cfg=train_params,
-        code=code_version("train"),
     log:
         "logs/train/{method}.log",
     conda:
         "../envs/train.yaml"
+    params:
+        cfg=train_params,
+        code=code_version("train"),
     shell:
-        "{CORDFLOW} train --params {params.cfg:q} --init {input.init:q}"
+        "python -m cordflow train --params {params.cfg:q} --init {input.init:q}"
         " --qa-train {input.qa_train:q} --manifest {input.manifest:q} --out-dir {output:q}"
         " > {log:q} 2>&1"

@@ -3,16 +3,16 @@ checkpoint tts_plan:
         qa=expand("results/qa/{split}.parquet", split=SPLITS),
     output:
         directory("results/audio/plan"),
-    params:
-        cfg=params_of("tts_plan"),
-        code=code_version("tts_plan"),
-        qa=lambda wildcards, input: repeat_opt("--qa", input.qa),
     log:
         "logs/tts/plan.log",
     conda:
         "../envs/data.yaml"
+    params:
+        cfg=params_of("tts_plan"),
+        code=code_version("tts_plan"),
+        qa=lambda wildcards, input: repeat_opt("--qa", input.qa),
     shell:
-        "{CORDFLOW} tts-plan --params {params.cfg:q} {params.qa} --out-dir {output:q} > {log:q} 2>&1"
+        "python -m cordflow tts-plan --params {params.cfg:q} {params.qa} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule tts_shard:
@@ -20,9 +20,6 @@ rule tts_shard:
         plan=shard_plan,
     output:
         "results/audio/shards/{k}.parquet",
-    params:
-        cfg=params_of("tts_shard"),
-        code=code_version("tts_shard"),
     log:
         "logs/tts/shard_{k}.log",
     conda:
@@ -32,8 +29,11 @@ rule tts_shard:
             else "../envs/tts.yaml"
         )
     threads: 2
+    params:
+        cfg=params_of("tts_shard"),
+        code=code_version("tts_shard"),
     shell:
-        "{CORDFLOW} tts-shard --params {params.cfg:q} --plan {input.plan:q}"
+        "python -m cordflow tts-shard --params {params.cfg:q} --plan {input.plan:q}"
         " --out {output:q} --store results/audio/store --threads {threads}"
         " > {log:q} 2>&1"
 
@@ -48,14 +48,14 @@ rule tts_gather:
             caption="../report/audio_rejected.rst",
             category="Data",
         ),
-    params:
-        cfg=params_of("tts_gather"),
-        code=code_version("tts_gather"),
-        shards=lambda wildcards, input: repeat_opt("--shards", input.shards),
     log:
         "logs/tts/gather.log",
     conda:
         "../envs/data.yaml"
+    params:
+        cfg=params_of("tts_gather"),
+        code=code_version("tts_gather"),
+        shards=lambda wildcards, input: repeat_opt("--shards", input.shards),
     shell:
-        "{CORDFLOW} tts-gather --params {params.cfg:q} {params.shards}"
+        "python -m cordflow tts-gather --params {params.cfg:q} {params.shards}"
         " --out {output.manifest:q} > {log:q} 2>&1"

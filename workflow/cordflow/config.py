@@ -45,16 +45,25 @@ RULE_KEYS: dict[str, list[str]] = {
 # rule -> the package files (relative to cordflow/) whose code it runs. Their content hash
 # is a param, so editing one stage's code reruns that stage (shell rules are otherwise blind
 # to code changes). Shared infrastructure that only moves bytes around is not listed.
+# tests/test_reruns.py checks each list is exactly the code the stage's CLI command reaches
+# (the table readers in source/schema.py and tts/schema.py included).
+_TTS_SYNTH = ["tts/__init__.py", "tts/backends.py", "tts/coqui.py", "tts/espeak.py",
+              "tts/post.py", "tts/quality.py", "tts/schema.py", "tts/shard.py", "tts/store.py",
+              "tts/voices.py"]
+_TABLES = ["source/schema.py", "tts/schema.py"]
 RULE_CODE: dict[str, list[str]] = {
     "source": ["source"],
-    "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py"],
-    "tts_shard": ["tts"],
-    "tts_gather": ["tts/__init__.py", "tts/gather.py", "tts/schema.py"],
+    "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py", "source/schema.py"],
+    "tts_shard": _TTS_SYNTH,
+    "tts_gather": ["tts/gather.py", "tts/schema.py"],
     "base": ["models.py", "base.py", "training.py", "data.py", "infer.py", "scoring.py",
-             "train/losses.py"],
-    "sft": ["models.py", "sft.py", "training.py", "data.py", "infer.py", "scoring.py", "train"],
-    "train": ["models.py", "train", "training.py", "data.py", "infer.py", "scoring.py"],
-    "evaluate": ["models.py", "evaluate", "infer.py", "scoring.py"],
+             "train/losses.py", *_TABLES],
+    "sft": ["models.py", "sft.py", "training.py", "data.py", "infer.py", "scoring.py", "train",
+            *_TABLES],
+    "train": ["models.py", "train", "training.py", "data.py", "infer.py", "scoring.py",
+              *_TABLES],
+    "evaluate": ["models.py", "evaluate", "infer.py", "scoring.py", "source/rows.py",
+                 "source/hf.py", *_TABLES],
     "summarize": ["summarize.py"],
     "provenance": ["audit.py", "provsummary.py"],
 }

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,6 +28,9 @@ def parse_params(params: str) -> dict:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and (when a stage has imported it) torch. Stages that use torch
+    seed again where their randomness starts (model init, training), so importing torch
+    here just to seed it (seconds per command) is not needed."""
     random.seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     try:
@@ -35,12 +39,8 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed % (2**32))
     except ImportError:
         pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

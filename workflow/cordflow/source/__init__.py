@@ -18,11 +18,9 @@ kept. Use :func:`read_qa` to read a QA table back (``choices`` as lists, schema-
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
-import yaml
 
 # Only the schema is imported eagerly: other stages import QA_SCHEMA / read_qa from here
 # in environments without the sourcing packages (num2words, datasets).
@@ -44,17 +42,11 @@ log = logging.getLogger("cordflow.source")
 
 
 def source_config(params: dict) -> dict:
-    """The ``source`` section validated against config/schema.yaml, defaults filled in
-    (so ``--params`` given by hand may leave keys out)."""
-    from cordflow.config import SCHEMA, _default_extending_validator
+    """The ``source`` section validated against config/schema.yaml, defaults filled in (so
+    ``--params`` given by hand may leave keys out)."""
+    from cordflow.config import section
 
-    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["source"]
-    cfg = copy.deepcopy(params.get("source") or {})
-    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
-    if errors:
-        lines = [f"source/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-        raise ValueError("invalid source config:\n  " + "\n  ".join(lines))
-    return cfg
+    return section(params, "source")
 
 
 def output_paths(params: dict, out_dir: str | Path) -> list[Path]:

@@ -385,6 +385,8 @@ def make_judge(cfg: Mapping | None):
         raise JudgeError(f"train.judge: unknown key(s) {unknown}; the keys are "
                          f"{sorted(JUDGE_DEFAULTS)}")
     c = {**JUDGE_DEFAULTS, **cfg}
+    if c["prompt"] is None:  # the schema's default: the built-in prompt
+        c["prompt"] = DEFAULT_PROMPT
     if c["kind"] == "rule":
         return RuleJudge()
     if c["kind"] == "gold":

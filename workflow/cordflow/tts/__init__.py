@@ -36,9 +36,7 @@ fails. Downstream stages read the manifest with ``read_manifest(path, usable=Tru
 
 from __future__ import annotations
 
-import copy
 
-import yaml
 
 from cordflow.tts.schema import CLIP_SCHEMA, PLAN_SCHEMA, read_clips, read_manifest, usable
 
@@ -48,13 +46,6 @@ __all__ = ["CLIP_SCHEMA", "PLAN_SCHEMA", "read_clips", "read_manifest", "tts_con
 def tts_config(params: dict) -> dict:
     """The ``tts`` section validated against config/schema.yaml, defaults filled in (so
     ``--params`` given by hand may leave keys out)."""
-    from cordflow.config import SCHEMA, _default_extending_validator
+    from cordflow.config import section
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 7x faster
-    schema = yaml.load(SCHEMA.read_text(), Loader=loader)["properties"]["tts"]
-    cfg = copy.deepcopy(params.get("tts") or {})
-    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
-    if errors:
-        lines = [f"tts/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-        raise ValueError("invalid tts config:\n  " + "\n  ".join(lines))
-    return cfg
+    return section(params, "tts")

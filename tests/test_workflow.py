@@ -1,0 +1,76 @@
+"""The whole DAG, end to end, as a user runs it: ``snakemake --cores 2 --configfile
+config/test.yaml`` (+ one local QA file, tests/dagrun.py) in a copy of the checkout.
+
+It completes; a second run runs nothing; every file under results/ has a provenance
+record; and the workflow is lint- and format-clean (``make lint``). What a change reruns
+is tests/test_reruns.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cordflow.audit import audit_all
+from dagrun import BIN, LOCAL_QA, LOCAL_ROWS, REPO, completed_run, snakemake  # noqa: F401
+
+ALL_RULES = {"source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
+             "evaluate", "summarize", "provenance"}
+MODELS = ["base", "warmup", "sft", "cord"]  # config/test.yaml: train.methods [sft, cord]
+
+
+@pytest.mark.slow
+def test_workflow_runs_end_to_end(completed_run):
+    first = completed_run.first
+    assert first["rc"] == 0, f"snakemake failed:\n{first['tail']}"
+    assert {job.split("[")[0] for job in first["jobs"]} == ALL_RULES
+    results = completed_run.path / "results"
+    qa = pd.concat([pd.read_parquet(results / "qa" / f"{s}.parquet") for s in ("train", "test")])
+    local = qa[qa["origin"].str.startswith(f"{LOCAL_QA}:")]
+    assert sorted(local["question"]) == sorted(r["question"] for r in LOCAL_ROWS)
+    # every question was spoken (or kept aside with a reason): one manifest row per item
+    manifest = pd.read_parquet(results / "audio" / "manifest.parquet")
+    assert sorted(manifest["id"]) == sorted(qa["id"])
+    gap = pd.read_csv(results / "eval" / "gap_table.csv")
+    rows = gap[gap["benchmark"] == "builtin"].set_index("model")
+    assert sorted(rows.index) == sorted(MODELS)
+    n_test = int((qa["split"] == "test").sum())
+    assert ((rows["n"] > 0) & (rows["n"] <= n_test)).all(), rows["n"]
+    for m in MODELS:
+        table = pd.read_parquet(results / "eval" / m / "builtin.parquet")
+        assert len(table) > 0 and set(table["id"]) <= set(qa["id"])
+    assert (results / "eval" / "gap_plot.png").stat().st_size > 0
+    summary = pd.read_csv(results / "provenance" / "summary.csv")
+    assert ALL_RULES - {"provenance"} <= set(summary["rule"])
+
+
+@pytest.mark.slow
+def test_second_run_runs_nothing(completed_run):
+    second = completed_run.require().second
+    assert second["rc"] == 0, second["tail"]
+    assert second["jobs"] == [], f"the second run ran jobs:\n{second['tail']}"
+    assert "Nothing to be done" in second["tail"]
+
+
+@pytest.mark.slow
+def test_every_result_has_a_provenance_record(completed_run):
+    results = completed_run.require().path / "results"
+    problems = audit_all(results)
+    assert problems == [], "\n".join(map(str, problems))
+    records = list(results.rglob("*.prov.json"))
+    assert {json.loads(r.read_text())["rule"] for r in records} == ALL_RULES
+
+
+def test_snakemake_lint_is_clean():
+    res = snakemake(REPO, "--lint")
+    assert res.returncode == 0, f"snakemake --lint:\n{res.stdout[-4000:]}{res.stderr[-2000:]}"
+
+
+def test_snakefmt_check_is_clean():
+    import subprocess
+
+    res = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"snakefmt --check (fix: snakefmt Snakefile rules/):\n{res.stderr}"
