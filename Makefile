@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/snakemake --report report.html
 
 test: setup coqui-env
 	$(BIN)/python -m pytest -n 2 --durations=15

@@ -37,6 +37,7 @@ def main() -> None:
     from cordflow.train import losses
     from cordflow.train.judges import make_judge
     from cordflow.train.methods import method_params
+    from cordflow.train.rollout import make_engine
     from cordflow.train.step import StepContext, Teacher, make_step
 
     params = method_params(load_config(args.config), "cord")
@@ -91,7 +92,8 @@ def main() -> None:
         _, t = timed(student)
         parts["student_fwd_bwd"].append(t)
 
-    ctx = StepContext(loaded, teacher, pairs.items, batches, max_new, make_judge(spec["judge"]))
+    ctx = StepContext(loaded, teacher, pairs.items, batches, max_new,
+                      make_engine(spec["rollout_engine"], loaded), make_judge(spec["judge"]))
     step = make_step(spec, ctx)
     full = []
     for i in range(args.steps):

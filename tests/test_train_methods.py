@@ -51,7 +51,7 @@ def test_sweep_names_set_alpha_and_beta(config):
     ({"token": {"k": 5}}, {"opd", "opd_grpo", "cord"}, {"sft", "forward_kl", "grpo"}),
     ({"offpolicy": {"temperature": 0.5}}, {"sft", "forward_kl"}, {"opd", "grpo", "cord"}),
     ({"teacher": {"kind": "live"}}, {"forward_kl", "opd", "grpo", "cord"}, {"sft"}),
-    ({"lr": 0.001}, set(BASE_METHODS), set()),
+    ({"lr": 0.0003}, set(BASE_METHODS), set()),
 ])
 def test_a_knob_changes_only_the_specs_that_read_it(config, knob, changed, unchanged):
     for name in changed:

@@ -197,7 +197,12 @@ def evaluate(
     from cordflow import evaluate as stage
     from cordflow.stage import stage_run
 
-    p = _params("evaluate", params, config)
+    if config is not None and params is None:  # the rule's slice: this benchmark's entry
+        from cordflow.config import benchmark_params, load_config
+
+        p = benchmark_params(load_config(config), benchmark)
+    else:
+        p = _params("evaluate", params, config)
     inputs = [model_dir, *(x for x in (qa, manifest) if x is not None)]
     with stage_run("evaluate", p, inputs, [out]):
         stage.run(p, model_dir, model_name, benchmark, out, qa=qa, manifest=manifest)

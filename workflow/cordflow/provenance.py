@@ -177,9 +177,17 @@ def environment() -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "gpu_model": gpu_model(),
+        "peak_rss_mb": peak_rss_mb(),
         "packages": package_versions(),
         "code": code_version(),
     }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this job so far (the stage's process), in MB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _rule_code(rule: str) -> str | None:

@@ -37,6 +37,7 @@ def run(params: dict, init_dir: Path, qa_train: Path, manifest: Path, out_dir: P
 def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path,
              manifest: Path, out_dir: Path) -> None:
     from cordflow.train.judges import make_judge
+    from cordflow.train.rollout import make_engine
     from cordflow.train.step import StepContext, Teacher, make_step
 
     mcfg = section(params, "model")
@@ -54,9 +55,10 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     teacher = Teacher(teacher_cfg["kind"], loaded, teacher_cfg.get("ema_decay", 0.99))
     judge = make_judge(spec["judge"]) if "judge" in spec else None
     loop = LoopConfig.from_cfg(spec["loop"])
+    engine = make_engine(spec.get("rollout_engine", "transformers"), loaded)
     ctx = StepContext(loaded, teacher, pairs.items,
                       data.Batches(len(pairs), spec["loop"]["batch_size"], seed),
-                      mcfg["max_new_tokens"], judge)
+                      mcfg["max_new_tokens"], engine, judge)
     log.info("%s: method %s from %s, %d spoken questions, %d steps of %d", rule, spec["name"],
              init_dir, len(pairs), loop.steps, spec["loop"]["batch_size"])
 
@@ -70,6 +72,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
             ctx.verdicts.clear()
 
     def after_step(step: int) -> None:
+        ctx.engine.sync()
         teacher.update(step)
         flush_verdicts(step)
 

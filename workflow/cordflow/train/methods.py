@@ -52,6 +52,8 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
         "loop": {k: train[k] for k in LOOP_KEYS},
         "trainable": list(train["trainable"]),
     }
+    if token or sequence:
+        spec["rollout_engine"] = train["rollout_engine"]
     if offpolicy:
         spec["offpolicy"] = {"loss": offpolicy, **train["offpolicy"]}
     if kind != "sft":

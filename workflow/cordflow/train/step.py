@@ -110,6 +110,7 @@ class StepContext:
     items: pd.DataFrame
     batches: Callable[[int], np.ndarray]
     max_new: int
+    engine: object  # cordflow.train.rollout.RolloutEngine
     judge: object | None = None
     verdicts: list[dict] = field(default_factory=list)
 
@@ -192,7 +193,7 @@ def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tenso
         if seq_cfg is not None:
             n = seq_cfg["n"]
             with timer("generate"):
-                group = models.generate(loaded, audio, ctx.max_new, seq_cfg["temperature"], n)
+                group = ctx.engine.generate(audio, ctx.max_new, seq_cfg["temperature"], n)
                 reference = teacher.generate(text, ctx.max_new, seq_cfg["reference_temperature"])
             texts, refs = models.decode(loaded, group), models.decode(loaded, reference)
             records = rows.to_dict("records")
@@ -229,7 +230,7 @@ def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tenso
 
         if tok_cfg is not None and tok_cfg["rollouts"] == "separate":
             with timer("generate"):
-                comp = models.generate(loaded, audio, ctx.max_new, tok_cfg["temperature"])
+                comp = ctx.engine.generate(audio, ctx.max_new, tok_cfg["temperature"])
             kl_kind = "reverse" if tok_cfg["estimator"] == "full" else "sampled"
             terms = student_terms(timer, audio, comp, text, kl_kind, chunk)
             l_tok = losses.token_loss(terms["kl"], comp.mask, tok_cfg["k"], tok_cfg["alpha"],

@@ -1,0 +1,95 @@
+"""Time each stage of the default run and its peak memory; print the accuracies it gave.
+
+    python benchmarks/default_run.py [--cores 2] [--configfile extra.yaml ...] [--keep DIR]
+
+Runs the workflow (`snakemake --cores N`, the venv first on PATH) in a fresh copy of this
+checkout, then reads every provenance record: per rule, the jobs, their summed and longest
+wall time and the peak resident memory of a job; the whole run's wall time; and the gap
+table's text/audio accuracy per model. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def copy_checkout(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", default="2")
+    ap.add_argument("--configfile", nargs="*", default=[], help="layered over config/config.yaml")
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    args = ap.parse_args()
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="cordflow-run-"))
+    work.mkdir(parents=True, exist_ok=True)
+    copy_checkout(work)
+    extra = [str(Path(c).resolve()) for c in args.configfile]
+    cmd = [str(BIN / "snakemake"), "--cores", args.cores]
+    if extra:
+        cmd += ["--configfile", "config/config.yaml", *extra]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        sys.exit(f"the run failed (in {work}):\n{run.stderr[-3000:]}")
+
+    jobs: dict[str, dict] = {}
+    for path in (work / "results").rglob("*.prov.json"):
+        rec = json.loads(path.read_text())
+        jobs.setdefault(rec.get("run_id") or str(path), rec)  # one entry per job
+    per_rule: dict[str, list[dict]] = collections.defaultdict(list)
+    for rec in jobs.values():
+        per_rule[rec["rule"]].append(rec)
+
+    def seconds(rec: dict) -> float:
+        return (dt.datetime.fromisoformat(rec["ended"])
+                - dt.datetime.fromisoformat(rec["started"])).total_seconds()
+
+    print(f"default run in {work} ({args.cores} cores): {wall / 60:.1f} min wall")
+    print(f"{'rule':12s} {'jobs':>4s} {'sum s':>8s} {'max s':>8s} {'peak MB':>8s}")
+    order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
+             "evaluate", "summarize", "provenance"]
+    for rule in sorted(per_rule, key=lambda r: order.index(r) if r in order else 99):
+        recs = per_rule[rule]
+        secs = [seconds(r) for r in recs]
+        peak = max(r.get("peak_rss_mb") or 0 for r in recs)
+        print(f"{rule:12s} {len(recs):4d} {sum(secs):8.0f} {max(secs):8.0f} {peak:8.0f}")
+    table = work / "results/eval/gap_table.csv"
+    print("\ngap table (percent):")
+    import pandas as pd
+
+    df = pd.read_csv(table)
+    cols = ["model", "benchmark", "n", "text_acc", "audio_acc", "gap", "own_gap", "gap_reduction"]
+    print(df[cols].to_string(index=False))
+    metrics = work / "results/models/base/metrics.json"
+    if metrics.exists():
+        print("\nbase stage:", json.loads(metrics.read_text()))
+    if not args.keep:
+        print(f"(the run is in {work}; delete it when done)")
+
+
+if __name__ == "__main__":
+    main()
