@@ -26,6 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
 import minicluster  # noqa: E402
+from dagrun import copy_checkout  # noqa: E402
 
 from cordflow import profile  # noqa: E402
 
@@ -49,24 +50,6 @@ def workflow_resources() -> dict[str, dict]:
 def workflow_rules() -> set[str]:
     text = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
     return set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.M))
-
-
-def copy_checkout(dest: Path) -> Path:
-    """The checkout's files (tracked, and untracked ones git does not ignore) in ``dest``:
-    results/, logs/ and .snakemake/ of the real checkout stay untouched."""
-    if not (REPO / ".git").exists():  # an unpacked archive: everything but run outputs
-        shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
-            ".venv*", "results", "logs", ".snakemake", "__pycache__", ".pytest_cache"))
-        return dest
-    listing = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached",
-                              "--others", "--exclude-standard"],
-                             capture_output=True, text=True, check=True).stdout
-    for rel in filter(None, listing.split("\0")):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
 
 
 def cordflow(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import yaml
 import pytest
 
 from cordflow.audit import audit_all
@@ -27,7 +28,8 @@ def test_workflow_runs_end_to_end(completed_run):
     assert first["rc"] == 0, f"snakemake failed:\n{first['tail']}"
     assert {job.split("[")[0] for job in first["jobs"]} == ALL_RULES
     results = completed_run.path / "results"
-    qa = pd.concat([pd.read_parquet(results / "qa" / f"{s}.parquet") for s in ("train", "test")])
+    splits = yaml.safe_load((REPO / "config" / "test.yaml").read_text())["source"]["splits"]
+    qa = pd.concat([pd.read_parquet(results / "qa" / f"{s}.parquet") for s in splits])
     local = qa[qa["origin"].str.startswith(f"{LOCAL_QA}:")]
     assert sorted(local["question"]) == sorted(r["question"] for r in LOCAL_ROWS)
     # every question was spoken (or kept aside with a reason): one manifest row per item

@@ -172,6 +172,14 @@ def render_prompt(template: str, rollout: str, reference: str | None, item: Mapp
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
+def render_prompts(template: str, rollouts: Sequence[str], references: Sequence[str] | None,
+                   items: Sequence[Mapping]) -> list[str]:
+    """One judge prompt per rollout (references may be None: the gold-only prompts)."""
+    _aligned(rollouts, references, items)
+    refs = references if references is not None else [None] * len(rollouts)
+    return [render_prompt(template, r, ref, it) for r, ref, it in zip(rollouts, refs, items)]
+
+
 def parse_yes_no(reply: str) -> int | None:
     """1 for yes, 0 for no, None if the reply says neither (or both). The first word
     decides ("Yes.", "**No**, they differ"); else a reply with only one of the two words
@@ -275,10 +283,7 @@ class LocalLMJudge:
 
     def __call__(self, rollouts: Sequence[str], references: Sequence[str] | None,
                  items: Sequence[Mapping]) -> list[Verdict]:
-        _aligned(rollouts, references, items)
-        refs = references if references is not None else [None] * len(rollouts)
-        prompts = [render_prompt(self.prompt, r, ref, it)
-                   for r, ref, it in zip(rollouts, refs, items)]
+        prompts = render_prompts(self.prompt, rollouts, references, items)
         return [Verdict(int(p > 0.5), f"p(yes) {p:.3f}") for p in self.p_yes(prompts)]
 
 
@@ -363,10 +368,7 @@ class EndpointJudge:
 
     def __call__(self, rollouts: Sequence[str], references: Sequence[str] | None,
                  items: Sequence[Mapping]) -> list[Verdict]:
-        _aligned(rollouts, references, items)
-        refs = references if references is not None else [None] * len(rollouts)
-        prompts = [render_prompt(self.prompt, r, ref, it)
-                   for r, ref, it in zip(rollouts, refs, items)]
+        prompts = render_prompts(self.prompt, rollouts, references, items)
         with ThreadPoolExecutor(self.max_workers) as pool:
             return list(pool.map(self._verdict, prompts))
 
