@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,11 +31,13 @@ def run_seed(seed: int, extra: list[str], cores: str) -> pd.DataFrame:
     cmd = [str(BIN / "snakemake"), "--cores", cores, "--configfile", "config/config.yaml",
            *extra, "seed.yaml"]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if res.returncode != 0:
         sys.exit(f"seed {seed} failed (in {work}):\n{res.stderr[-3000:]}")
     df = pd.read_csv(work / "results/eval/gap_table.csv")
-    print(f"seed {seed}: done in {work}", flush=True)
+    print(f"seed {seed}: done in {wall / 60:.1f} min wall ({cores} cores), in {work}", flush=True)
     return df.assign(seed=seed)
 
 
