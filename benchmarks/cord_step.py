@@ -4,8 +4,10 @@
 
 Times, on the same batches: generation alone (N GRPO rollouts + the KL rollout + the text
 reference), teacher forward alone, student forward + backward alone (loss on those
-rollouts), then the full CORD step (the training code's own step + backward + AdamW). Prints
-the ratio full / (sum of parts) (target <= 1.15) and peak memory (RSS; CUDA when on a GPU).
+rollouts), then the full CORD step (the training code's own step: its inputs, prefetched
+while the previous step runs, + judge + backward + AdamW), and the full step once more with
+its inputs prepared inline. Prints the ratio full / (sum of parts) (target <= 1.15) and peak
+memory (RSS; CUDA when on a GPU).
 Needs a finished default run for its inputs (results/). Prints figures; asserts nothing.
 """
 
@@ -38,7 +40,7 @@ def main() -> None:
     from cordflow.train.judges import make_judge
     from cordflow.train.methods import method_params
     from cordflow.train.rollout import make_engine
-    from cordflow.train.step import StepContext, Teacher, make_step
+    from cordflow.train.step import StepContext, Teacher, make_step, step_inputs
 
     params = method_params(load_config(args.config), "cord")
     spec, mcfg = params["method"], params["model"]
@@ -92,28 +94,40 @@ def main() -> None:
         _, t = timed(student)
         parts["student_fwd_bwd"].append(t)
 
-    ctx = StepContext(loaded, teacher, pairs.items, batches, max_new,
-                      make_engine(spec["rollout_engine"], loaded), make_judge(spec["judge"]))
-    step = make_step(spec, ctx)
-    full = []
-    for i in range(args.steps):
-        def one():
-            loss, _ = step(i)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        _, t = timed(one)
-        full.append(t)
+    def full_steps(inputs) -> list[float]:
+        ctx = StepContext(loaded, teacher, inputs, max_new,
+                          make_engine(spec["rollout_engine"], loaded), make_judge(spec["judge"]))
+        step = make_step(spec, ctx)
+        out = []
+        for i in range(args.steps):
+            def one():
+                loss, _ = step(i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            out.append(timed(one)[1])
+        return out
+
+    # The training default: prefetched on a GPU, inline on the CPU. Both, side by side.
+    default_prefetch = loaded.device.type != "cpu"
+    inputs = {p: step_inputs(loaded, pairs.items, batches, prefetch=p) for p in (False, True)}
+    full = {p: full_steps(inputs[p]) for p in (not default_prefetch, default_prefetch)}
+    for x in inputs.values():
+        x.close()
 
     med = {k: statistics.median(v) for k, v in parts.items()}
-    full_med = statistics.median(full)
     total = sum(med.values())
     print(f"CORD step cost, {args.steps} steps of {spec['loop']['batch_size']} prompts x "
           f"{seq['n']} rollouts (medians, s)")
     for k, v in med.items():
         print(f"  {k:16s} {v:8.3f}")
     print(f"  {'sum of parts':16s} {total:8.3f}")
-    print(f"  {'full CORD step':16s} {full_med:8.3f}   ratio {full_med / total:.3f} (target <= 1.15)")
+    for p in (default_prefetch, not default_prefetch):
+        f = statistics.median(full[p])
+        how = "next batch prefetched" if p else "inputs prepared inline"
+        tag = "the default here" if p == default_prefetch else "the alternative"
+        print(f"  full CORD step   {f:8.3f}   ratio {f / total:.3f} (target <= 1.15; {how}: "
+              f"{tag})")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS {rss:.0f} MB", end="")
     if torch.cuda.is_available():

@@ -1,11 +1,13 @@
 """Time each stage of the default run and its peak memory; print the accuracies it gave.
 
     python benchmarks/default_run.py [--cores 2] [--configfile extra.yaml ...] [--keep DIR]
+    python benchmarks/default_run.py --read .     # the figures of a finished run in .
 
 Runs the workflow (`snakemake --cores N`, the venv first on PATH) in a fresh copy of this
 checkout, then reads every provenance record: per rule, the jobs, their summed and longest
-wall time and the peak resident memory of a job; the whole run's wall time; and the gap
-table's text/audio accuracy per model. Prints figures; asserts nothing.
+wall time and the peak resident memory of a job; the whole run's wall time (with --read:
+first job start to last job end); and the gap table's text/audio accuracy per model. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def main() -> None:
     ap.add_argument("--cores", default="2")
     ap.add_argument("--configfile", nargs="*", default=[], help="layered over config/config.yaml")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    ap.add_argument("--read", type=Path, help="run nothing: report the finished run in this folder")
     args = ap.parse_args()
+    if args.read:
+        report(args.read, None, "?")
+        return
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="cordflow-run-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -55,7 +61,12 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if run.returncode != 0:
         sys.exit(f"the run failed (in {work}):\n{run.stderr[-3000:]}")
+    report(work, wall, args.cores)
+    if not args.keep:
+        print(f"(the run is in {work}; delete it when done)")
 
+
+def report(work: Path, wall: float | None, cores: str) -> None:
     jobs: dict[str, dict] = {}
     for path in (work / "results").rglob("*.prov.json"):
         rec = json.loads(path.read_text())
@@ -68,7 +79,11 @@ def main() -> None:
         return (dt.datetime.fromisoformat(rec["ended"])
                 - dt.datetime.fromisoformat(rec["started"])).total_seconds()
 
-    print(f"default run in {work} ({args.cores} cores): {wall / 60:.1f} min wall")
+    if wall is None:  # first job start to last job end
+        wall = (max(dt.datetime.fromisoformat(r["ended"]) for r in jobs.values())
+                - min(dt.datetime.fromisoformat(r["started"]) for r in jobs.values())
+                ).total_seconds()
+    print(f"default run in {work} ({cores} cores): {wall / 60:.1f} min wall")
     print(f"{'rule':12s} {'jobs':>4s} {'sum s':>8s} {'max s':>8s} {'peak MB':>8s}")
     order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
              "evaluate", "summarize", "provenance"]
@@ -87,8 +102,6 @@ def main() -> None:
     metrics = work / "results/models/base/metrics.json"
     if metrics.exists():
         print("\nbase stage:", json.loads(metrics.read_text()))
-    if not args.keep:
-        print(f"(the run is in {work}; delete it when done)")
 
 
 if __name__ == "__main__":

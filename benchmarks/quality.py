@@ -1,16 +1,21 @@
 """Quality across seeds: each method's gap reduction vs the base on the embedded default.
 
     python benchmarks/quality.py [--seeds 1 2 3] [--configfile config/presets/ablations.yaml]
+        [--methods sft forward_kl opd grpo cord] [--include DIR ...]
 
 Runs the whole workflow once per seed (each in a fresh copy of the checkout, `seed`
-overridden), then prints per model: text and audio accuracy per benchmark and the mean
-gap reduction, each as mean +- standard deviation over the seeds, and every seed's value.
-Held-out voices (`voices_heldout`) are the honest metric. Prints figures; asserts nothing.
+overridden; `--methods` overrides `train.methods`), then prints per model: text and audio
+accuracy per benchmark and the gap reduction (mean over benchmarks, and on held-out voices
+alone), each as mean +- standard deviation over the seeds, and every seed's value.
+`--include DIR` adds a finished run's gap table (its seed read from the table's provenance
+record) as one more seed. Held-out voices (`voices_heldout`) are the honest metric. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_run import BIN, copy_checkout  # noqa: E402
 
 
-def run_seed(seed: int, extra: list[str], cores: str) -> pd.DataFrame:
+def run_seed(seed: int, extra: list[str], cores: str, methods: list[str] | None) -> pd.DataFrame:
     work = Path(tempfile.mkdtemp(prefix=f"cordflow-seed{seed}-"))
     copy_checkout(work)
-    (work / "seed.yaml").write_text(f"seed: {seed}\n")
+    override = {"seed": seed, **({"train": {"methods": methods}} if methods else {})}
+    (work / "seed.yaml").write_text(json.dumps(override) + "\n")  # JSON is YAML
     cmd = [str(BIN / "snakemake"), "--cores", cores, "--configfile", "config/config.yaml",
            *extra, "seed.yaml"]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -41,14 +47,33 @@ def run_seed(seed: int, extra: list[str], cores: str) -> pd.DataFrame:
     return df.assign(seed=seed)
 
 
+def finished_run(work: Path) -> pd.DataFrame:
+    table = work / "results/eval/gap_table.csv"
+    seed = json.loads(table.with_name(table.name + ".prov.json").read_text())["seed"]
+    print(f"seed {seed}: a finished run, {work}", flush=True)
+    return pd.read_csv(table).assign(seed=seed)
+
+
+def heldout_reduction(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per seed and model: (base gap - model gap) / base gap on held-out voices, percent."""
+    held = rows[rows["benchmark"] == "voices_heldout"].set_index(["seed", "model"])["gap"]
+    base = held.xs("base", level="model")
+    red = 100 * (base - held.unstack("model")).div(base, axis=0)
+    return red.stack().rename("reduction").reset_index()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     ap.add_argument("--configfile", nargs="*", default=[])
     ap.add_argument("--cores", default="2")
+    ap.add_argument("--methods", nargs="+", help="train.methods for every seed")
+    ap.add_argument("--include", type=Path, nargs="*", default=[],
+                    help="finished runs (checkout folders) to add as seeds")
     args = ap.parse_args()
     extra = [str(Path(c).resolve()) for c in args.configfile]
-    tables = pd.concat([run_seed(s, extra, args.cores) for s in args.seeds])
+    tables = pd.concat([finished_run(w) for w in args.include]
+                       + [run_seed(s, extra, args.cores, args.methods) for s in args.seeds])
 
     rows = tables[tables["benchmark"] != "mean"]
     acc = rows.groupby(["model", "benchmark"], sort=False)[["text_acc", "audio_acc"]].agg(
@@ -61,11 +86,14 @@ def main() -> None:
     for model, values in red:
         vals = ", ".join(f"{v:.1f}" for v in values)
         print(f"  {model:16s} {values.mean():6.1f} +- {values.std():5.1f}   (seeds: {vals})")
-    held = rows[rows["benchmark"] == "voices_heldout"]
-    if len(held):
-        print("\nheld-out voices only: gap (base text - model audio), mean over seeds:")
-        for model, g in held.groupby("model", sort=False)["gap"]:
-            print(f"  {model:16s} {g.mean():6.1f} +- {g.std():5.1f}")
+    if (rows["benchmark"] == "voices_heldout").any():
+        print("\nheld-out voices only: gap (base text - model audio) and gap reduction vs base:")
+        gaps = rows[rows["benchmark"] == "voices_heldout"].groupby("model", sort=False)["gap"]
+        red = heldout_reduction(rows).groupby("model", sort=False)["reduction"]
+        for (model, g), (_, r) in zip(gaps, ((m, red.get_group(m)) for m, _ in gaps)):
+            vals = ", ".join(f"{v:.1f}" for v in r)
+            print(f"  {model:16s} gap {g.mean():6.1f} +- {g.std():5.1f}   reduction "
+                  f"{r.mean():6.1f} +- {r.std():5.1f}   (seeds: {vals})")
 
 
 if __name__ == "__main__":

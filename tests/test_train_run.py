@@ -122,3 +122,27 @@ def test_a_killed_cord_run_resumes_to_the_same_weights(repo, spoken, init_dir, t
     assert strip(la) == strip(lb)
     assert (tmp_path / "straight" / "verdicts.jsonl").read_text() == \
         (tmp_path / "resumed" / "verdicts.jsonl").read_text()
+
+
+def test_prefetched_step_inputs_equal_inline_ones(spoken, init_dir, monkeypatch):
+    """The GPU default (next batch prepared in a background thread) feeds every step exactly
+    the batch the CPU default (inline) does, also after a jump such as a resume."""
+    from cordflow import data
+    from cordflow.train.step import step_inputs
+
+    monkeypatch.chdir(spoken)
+    loaded = models.load(init_dir, tiny.model_cfg(chunk_length=4))
+    pairs = data.spoken_pairs(spoken / "results/qa/train.parquet",
+                              spoken / "results/audio/manifest.parquet")
+    batches = data.Batches(len(pairs), 3, seed=5)
+    inline = step_inputs(loaded, pairs.items, batches, prefetch=False)
+    ahead = step_inputs(loaded, pairs.items, batches, prefetch=True)
+    for step in (0, 1, 2, 6, 7):
+        a, b = inline(step), ahead(step)
+        assert list(a.rows["id"]) == list(b.rows["id"])
+        for prompt_a, prompt_b in ((a.audio, b.audio), (a.text, b.text)):
+            assert prompt_a.keys() == prompt_b.keys()
+            for k in prompt_a:
+                assert torch.equal(prompt_a[k], prompt_b[k]), k
+    inline.close()
+    ahead.close()

@@ -4,19 +4,24 @@
 answer, answer_type, choices, split, audio_path, voice); questions without one (no clip, or
 a clip the TTS quality checks rejected) are counted and logged with their reasons, never
 dropped silently. :class:`Batches` deals deterministic batches by step number, so a resumed
-training run sees exactly the batches an uninterrupted one would.
+training run sees exactly the batches an uninterrupted one would. :class:`Prefetch` prepares
+the next step's batch in a background thread while the current step computes (what a data
+loader's worker does).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 
 log = logging.getLogger("cordflow.data")
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,3 +81,36 @@ class Batches:
         per_epoch = self.n // self.batch_size
         epoch, i = divmod(step, per_epoch)
         return self._perm(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+class Prefetch(Generic[T]):
+    """``fn(step)``, with ``fn(step + 1)`` started in a background thread as ``fn(step)`` is
+    handed out, so input preparation (audio decoding, features, tokenization) overlaps the
+    step's compute; ``background=False`` calls ``fn`` inline. ``fn`` must depend on ``step``
+    only (no shared RNG, no shared mutable state): the result is then exactly ``fn(step)``
+    in any call order, resumes included. A failure in the background is raised by the call
+    that asks for that step."""
+
+    def __init__(self, fn: Callable[[int], T], background: bool = True):
+        self.fn = fn
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="cordflow-prefetch")
+                      if background else None)
+        self._next: tuple[int, Future] | None = None
+
+    def __call__(self, step: int) -> T:
+        if self._pool is None:
+            return self.fn(step)
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == step:
+            out = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            out = self.fn(step)
+        self._next = (step + 1, self._pool.submit(self.fn, step + 1))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._next = None

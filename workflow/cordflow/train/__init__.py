@@ -38,7 +38,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
              manifest: Path, out_dir: Path) -> None:
     from cordflow.train.judges import make_judge
     from cordflow.train.rollout import make_engine
-    from cordflow.train.step import StepContext, Teacher, make_step
+    from cordflow.train.step import StepContext, Teacher, make_step, step_inputs
 
     mcfg = section(params, "model")
     seed = int(params.get("seed", 0))
@@ -56,9 +56,9 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     judge = make_judge(spec["judge"]) if "judge" in spec else None
     loop = LoopConfig.from_cfg(spec["loop"])
     engine = make_engine(spec.get("rollout_engine", "transformers"), loaded)
-    ctx = StepContext(loaded, teacher, pairs.items,
-                      data.Batches(len(pairs), spec["loop"]["batch_size"], seed),
-                      mcfg["max_new_tokens"], engine, judge)
+    inputs = step_inputs(loaded, pairs.items,
+                         data.Batches(len(pairs), spec["loop"]["batch_size"], seed))
+    ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge)
     log.info("%s: method %s from %s, %d spoken questions, %d steps of %d", rule, spec["name"],
              init_dir, len(pairs), loop.steps, spec["loop"]["batch_size"])
 
@@ -81,10 +81,12 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         _truncate_verdicts(verdict_log, state.get("step", 0))
 
     ckpt = Checkpoints(work / "ckpt")
-    fit(loaded.model, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
-        state_fn=teacher.state,
-        load_state_fn=load_state, after_step=after_step)
-    steplog.close()
+    try:
+        fit(loaded.model, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
+            state_fn=teacher.state, load_state_fn=load_state, after_step=after_step)
+    finally:
+        inputs.close()
+        steplog.close()
 
     with atomic_path(out_dir) as tmp:
         save_trained(loaded, tmp)

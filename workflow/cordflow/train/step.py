@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cordflow import infer, models
+from cordflow import data, infer, models
 from cordflow.train import losses
 
 
@@ -104,11 +105,39 @@ class Teacher:
 
 
 @dataclass
+class StepInputs:
+    """One step's batch: its rows, the audio prompts and the text prompts."""
+
+    rows: pd.DataFrame
+    audio: dict
+    text: dict
+
+
+def step_inputs(loaded: models.Loaded, items: pd.DataFrame, batches: Callable[[int], np.ndarray],
+                prefetch: bool | None = None) -> data.Prefetch[StepInputs]:
+    """``inputs(i)``: batch ``i`` of ``items`` as prompts. With ``prefetch`` (default: when
+    the model is not on the CPU) the next batch is prepared in a background thread while
+    step ``i`` computes; on the CPU the step's compute already uses every core, and a
+    prefetch thread only competes with it (benchmarks/cord_step.py measures both). The
+    worker has its own copy of the processor (a fast tokenizer must not be used from two
+    threads at once)."""
+    if prefetch is None:
+        prefetch = loaded.device.type != "cpu"
+    worker = dataclasses.replace(loaded, processor=copy.deepcopy(loaded.processor))
+
+    def prepare(i: int) -> StepInputs:
+        rows = items.iloc[batches(i)]
+        return StepInputs(rows, infer.prompts(worker, rows, "audio"),
+                          models.encode_text(worker, list(rows["question"])))
+
+    return data.Prefetch(prepare, background=prefetch)
+
+
+@dataclass
 class StepContext:
     loaded: models.Loaded
     teacher: Teacher | None
-    items: pd.DataFrame
-    batches: Callable[[int], np.ndarray]
+    inputs: Callable[[int], StepInputs]  # see step_inputs
     max_new: int
     engine: object  # cordflow.train.rollout.RolloutEngine
     judge: object | None = None
@@ -165,9 +194,9 @@ def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tenso
 
     def step(i: int):
         timer = _Timer()
-        rows = ctx.items.iloc[ctx.batches(i)]
-        audio = infer.prompts(loaded, rows, "audio")
-        text = models.encode_text(loaded, list(rows["question"]))
+        with timer("inputs_wait"):
+            batch = ctx.inputs(i)
+        rows, audio, text = batch.rows, batch.audio, batch.text
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=loaded.device)
         chunk = (tok_cfg or {}).get("chunk_size", 64)
