@@ -37,6 +37,16 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(REPO / rel, dest / rel)
 
 
+def run_workflow(cmd: list[str], work: Path, what: str) -> float:
+    """Run ``cmd`` in ``work`` with the venv first on PATH; its wall time (exit on failure)."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{what} failed (in {work}):\n{run.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", default="2")
@@ -55,12 +65,7 @@ def main() -> None:
     cmd = [str(BIN / "snakemake"), "--cores", args.cores]
     if extra:
         cmd += ["--configfile", "config/config.yaml", *extra]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    t0 = time.perf_counter()
-    run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if run.returncode != 0:
-        sys.exit(f"the run failed (in {work}):\n{run.stderr[-3000:]}")
+    wall = run_workflow(cmd, work, "the run")
     report(work, wall, args.cores)
     if not args.keep:
         print(f"(the run is in {work}; delete it when done)")

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_run import BIN, copy_checkout  # noqa: E402
+from default_run import BIN, copy_checkout, run_workflow  # noqa: E402
 
 
 def run_seed(seed: int, extra: list[str], cores: str, methods: list[str] | None) -> pd.DataFrame:
@@ -36,12 +33,7 @@ def run_seed(seed: int, extra: list[str], cores: str, methods: list[str] | None)
     (work / "seed.yaml").write_text(json.dumps(override) + "\n")  # JSON is YAML
     cmd = [str(BIN / "snakemake"), "--cores", cores, "--configfile", "config/config.yaml",
            *extra, "seed.yaml"]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"seed {seed} failed (in {work}):\n{res.stderr[-3000:]}")
+    wall = run_workflow(cmd, work, f"seed {seed}")
     df = pd.read_csv(work / "results/eval/gap_table.csv")
     print(f"seed {seed}: done in {wall / 60:.1f} min wall ({cores} cores), in {work}", flush=True)
     return df.assign(seed=seed)
@@ -58,7 +50,7 @@ def heldout_reduction(rows: pd.DataFrame) -> pd.DataFrame:
     """Per seed and model: (base gap - model gap) / base gap on held-out voices, percent."""
     held = rows[rows["benchmark"] == "voices_heldout"].set_index(["seed", "model"])["gap"]
     base = held.xs("base", level="model")
-    red = 100 * (base - held.unstack("model")).div(base, axis=0)
+    red = -100 * held.unstack("model").sub(base, axis=0).div(base, axis=0)
     return red.stack().rename("reduction").reset_index()
 
 
