@@ -4,10 +4,10 @@
 
 Times, on the same batches: generation alone (N GRPO rollouts + the KL rollout + the text
 reference), teacher forward alone, student forward + backward alone (loss on those
-rollouts), then the full CORD step (the training code's own step: its inputs, prefetched
-while the previous step runs, + judge + backward + AdamW), and the full step once more with
-its inputs prepared inline. Prints the ratio full / (sum of parts) (target <= 1.15) and peak
-memory (RSS; CUDA when on a GPU).
+rollouts), then the full CORD step (the training code's own step: its inputs, judge,
+backward and AdamW), twice: inputs prepared inline (the default on the CPU) and the next
+batch prefetched in a background thread (the default on a GPU). Prints the ratio full /
+(sum of parts) of each (target <= 1.15) and peak memory (RSS; CUDA when on a GPU).
 Needs a finished default run for its inputs (results/). Prints figures; asserts nothing.
 """
 

@@ -16,8 +16,6 @@ import argparse
 import collections
 import datetime as dt
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,23 +23,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def copy_checkout(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\n")
-    for rel in filter(None, files):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
+sys.path.insert(0, str(REPO / "tests"))
+from dagrun import BIN, copy_checkout, user_env  # noqa: E402  (as the tests copy and run it)
 
 
 def run_workflow(cmd: list[str], work: Path, what: str) -> float:
-    """Run ``cmd`` in ``work`` with the venv first on PATH; its wall time (exit on failure)."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    """Run ``cmd`` in ``work`` in a user's shell (venv first on PATH); its wall time (exit on
+    failure)."""
     t0 = time.perf_counter()
-    run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    run = subprocess.run(cmd, cwd=work, env=user_env(), capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"{what} failed (in {work}):\n{run.stderr[-3000:]}")
     return time.perf_counter() - t0
@@ -55,7 +45,7 @@ def main() -> None:
     ap.add_argument("--read", type=Path, help="run nothing: report the finished run in this folder")
     args = ap.parse_args()
     if args.read:
-        report(args.read, None, "?")
+        report(args.read, None, None)
         return
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="cordflow-run-"))
@@ -71,7 +61,7 @@ def main() -> None:
         print(f"(the run is in {work}; delete it when done)")
 
 
-def report(work: Path, wall: float | None, cores: str) -> None:
+def report(work: Path, wall: float | None, cores: str | None) -> None:
     jobs: dict[str, dict] = {}
     for path in (work / "results").rglob("*.prov.json"):
         rec = json.loads(path.read_text())
@@ -88,7 +78,8 @@ def report(work: Path, wall: float | None, cores: str) -> None:
         wall = (max(dt.datetime.fromisoformat(r["ended"]) for r in jobs.values())
                 - min(dt.datetime.fromisoformat(r["started"]) for r in jobs.values())
                 ).total_seconds()
-    print(f"default run in {work} ({cores} cores): {wall / 60:.1f} min wall")
+    on = f" ({cores} cores)" if cores else ""
+    print(f"default run in {work}{on}: {wall / 60:.1f} min wall")
     print(f"{'rule':12s} {'jobs':>4s} {'sum s':>8s} {'max s':>8s} {'peak MB':>8s}")
     order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
              "evaluate", "summarize", "provenance"]

@@ -82,7 +82,8 @@ def main() -> None:
         print("\nheld-out voices only: gap (base text - model audio) and gap reduction vs base:")
         gaps = rows[rows["benchmark"] == "voices_heldout"].groupby("model", sort=False)["gap"]
         red = heldout_reduction(rows).groupby("model", sort=False)["reduction"]
-        for (model, g), (_, r) in zip(gaps, ((m, red.get_group(m)) for m, _ in gaps)):
+        for model, g in gaps:
+            r = red.get_group(model)
             vals = ", ".join(f"{v:.1f}" for v in r)
             print(f"  {model:16s} gap {g.mean():6.1f} +- {g.std():5.1f}   reduction "
                   f"{r.mean():6.1f} +- {r.std():5.1f}   (seeds: {vals})")
