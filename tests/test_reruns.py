@@ -51,6 +51,7 @@ KNOBS = [
     ("tts.n_shards", {"tts": {"n_shards": 3}},
      {"tts_plan", *shards(3), "tts_gather", *FROM_BASE}),
     ("tts.post.loudness_lufs", {"tts": {"post": {"loudness_lufs": -20.0}}}, FROM_SHARDS),
+    ("tts.train_takes", {"tts": {"train_takes": 2}}, FROM_SHARDS),
     ("model.max_new_tokens", {"model": {"max_new_tokens": 5}}, FROM_BASE),
     ("base.audio.steps", {"base": {"audio": {"steps": 3}}}, FROM_BASE),
     ("sft.lr", {"sft": {"lr": 3e-4}}, {"sft", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),

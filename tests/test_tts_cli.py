@@ -19,7 +19,7 @@ def test_plan_shards_gather_end_to_end(repo, tmp_path):
     source.run({"seed": 2, "source": {"builtin": {"families": ["addition", "comparison"],
                                                   "n_per_family": {"train": 3, "test": 2}}}},
                tmp_path / "qa")
-    params = json.dumps({"seed": 1234, "tts": {"n_shards": 2}})
+    params = json.dumps({"seed": 1234, "tts": {"n_shards": 2, "train_takes": 2}})
     res = cordflow(repo, "tts-plan", "--params", json.dumps({"tts": {"n_shards": 2}}),
                    "--qa", "qa/train.parquet", "--qa", "qa/test.parquet",
                    "--out-dir", "audio/plan", cwd=tmp_path)
@@ -36,9 +36,9 @@ def test_plan_shards_gather_end_to_end(repo, tmp_path):
                    "--shards", "audio/shards/1.parquet", "--out", "audio/manifest.parquet",
                    cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "tts-gather: 10 items in = 10 ok + 0 flagged + 0 rejected" in res.stderr
+    assert "tts-gather: 16 clips (10 items) in = 16 ok + 0 flagged + 0 rejected" in res.stderr
     manifest = read_manifest(tmp_path / "audio" / "manifest.parquet")
-    assert sorted(manifest["split"]) == ["test"] * 4 + ["train"] * 6
+    assert sorted(manifest["split"]) == ["test"] * 4 + ["train"] * 12  # 2 takes per train item
     assert all((tmp_path / p).is_file() for p in manifest["path"])
     for name in ("plan", "shards/0.parquet", "manifest.parquet", "rejected.parquet"):
         prov = json.loads((tmp_path / "audio" / f"{name}.prov.json").read_text())

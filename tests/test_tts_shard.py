@@ -8,7 +8,7 @@ import pytest
 
 from cordflow import source
 from cordflow.tts import gather, plan, read_manifest, shard, usable
-from cordflow.tts.schema import PLAN_ARROW, read_clips, write_table
+from cordflow.tts.schema import CLIP_ARROW, PLAN_ARROW, read_clips, write_table
 
 PARAMS = {"seed": 1234, "tts": {"n_shards": 2}}
 
@@ -136,3 +136,40 @@ def test_an_empty_plan_gives_an_empty_table(tmp_path):
     assert stats.items == 0 and len(read_clips(out)) == 0
     gather.run({}, [out], tmp_path / "manifest.parquet")
     assert len(read_manifest(tmp_path / "manifest.parquet")) == 0
+
+
+TAKES = {**PARAMS, "tts": {**PARAMS["tts"], "train_takes": 3}}
+
+
+def test_train_questions_get_a_clip_per_take_each_in_another_voice(plans, tmp_path):
+    single = read_clips(run(plans[0], tmp_path, name="one")[1])
+    stats, out = run(plans[0], tmp_path, TAKES, name="three")
+    table, items = read_clips(out), pd.read_parquet(plans[0])
+    n_train = int((items["split"] == "train").sum())
+    assert n_train and stats.clips == len(table) == 3 * n_train + len(items) - n_train
+    for _, clips in table.groupby("id"):
+        takes = 3 if clips["split"].iloc[0] == "train" else 1
+        assert list(clips["take"]) == list(range(takes)) and clips["voice"].is_unique
+    # Take 0 is the single-take clip, reused from the store: only the new takes are spoken.
+    first = table[table["take"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, single)
+    assert stats.synthesised == 2 * n_train
+
+
+def test_spoken_pairs_give_a_row_per_usable_take_and_keep_a_rejected_one(plans, tmp_path):
+    from cordflow import data
+
+    _, out = run(plans[0], tmp_path, TAKES, name="0")
+    _, other = run(plans[1], tmp_path, TAKES, name="1")
+    table = read_clips(out)
+    bad = table.index[(table["split"] == "train") & (table["take"] == 1)][0]
+    table.loc[bad, ["status", "reason"]] = ["rejected", "too_long: 9.0 s > 8.0 s"]
+    table.at[bad, "flags"] = ["too_long"]
+    write_table(table, out, CLIP_ARROW)
+    gather.run({}, [out, other], tmp_path / "manifest.parquet")
+    qa = plans[0].parents[1] / "qa" / "train.parquet"
+    pairs = data.spoken_pairs(qa, tmp_path / "manifest.parquet")
+    assert len(pairs.items) == 3 * len(pd.read_parquet(qa)) - 1
+    assert pairs.items.groupby("id")["voice"].nunique().max() == 3
+    assert pairs.excluded.to_dict("records") == [
+        {"id": table.at[bad, "id"], "take": 1, "reason": "tts_rejected: too_long: 9.0 s > 8.0 s"}]

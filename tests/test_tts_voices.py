@@ -76,3 +76,22 @@ def test_an_unknown_heldout_voice_fails_before_any_work(backend):
     cfg = tts_config({"tts": {"voices": {"heldout": ["en-us-nyc", "xx-nope"]}}})
     with pytest.raises(VoiceError, match=r"config key 'tts.voices.heldout\[1\]'"):
         VoiceChooser(backend, cfg, 0)
+
+
+def test_train_takes_are_different_voices_and_take_0_is_the_single_choice(backend):
+    cfg = {**tts_config({}), "train_takes": 4}
+    chooser = VoiceChooser(backend, cfg, seed=1234)
+    for i in IDS[:50]:
+        takes = chooser.voices_of(i, "train")
+        assert len(set(takes)) == 4 and takes[0] == chooser(i, "train")
+        assert set(takes) <= set(chooser.train)
+        assert chooser.voices_of(i, "dev") == [chooser(i, "dev")]
+        assert chooser.voices_of(i, "test") == [chooser(i, "test")]
+    assert len({tuple(chooser.voices_of(i, "train")) for i in IDS}) > 0.8 * len(IDS)
+
+
+def test_more_takes_than_training_voices_fails_naming_the_key(backend):
+    cfg = tts_config({})
+    n = len(VoiceChooser(backend, cfg, 0).train)
+    with pytest.raises(VoiceError, match=rf"'tts.train_takes' is {n + 1} .* gives {n} voices"):
+        VoiceChooser(backend, {**cfg, "train_takes": n + 1}, 0)

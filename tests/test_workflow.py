@@ -15,6 +15,7 @@ import yaml
 import pytest
 
 from cordflow.audit import audit_all
+from cordflow.config import load_config
 from dagrun import BIN, LOCAL_QA, LOCAL_ROWS, REPO, completed_run, snakemake  # noqa: F401
 
 ALL_RULES = {"source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
@@ -32,9 +33,15 @@ def test_workflow_runs_end_to_end(completed_run):
     qa = pd.concat([pd.read_parquet(results / "qa" / f"{s}.parquet") for s in splits])
     local = qa[qa["origin"].str.startswith(f"{LOCAL_QA}:")]
     assert sorted(local["question"]) == sorted(r["question"] for r in LOCAL_ROWS)
-    # every question was spoken (or kept aside with a reason): one manifest row per item
+    # every question was spoken (or kept aside with a reason): a manifest row per take,
+    # tts.train_takes of them for a train question, one for any other
+    test_cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg = load_config(REPO / "config" / "config.yaml", overrides=test_cfg)
+    n_takes = cfg["tts"]["train_takes"]
     manifest = pd.read_parquet(results / "audio" / "manifest.parquet")
-    assert sorted(manifest["id"]) == sorted(qa["id"])
+    takes = manifest.groupby("id")["take"].apply(list).to_dict()
+    assert takes == {i: list(range(n_takes if s == "train" else 1))
+                     for i, s in zip(qa["id"], qa["split"])}
     gap = pd.read_csv(results / "eval" / "gap_table.csv")
     rows = gap[gap["benchmark"] == "builtin"].set_index("model")
     assert sorted(rows.index) == sorted(MODELS)

@@ -28,6 +28,7 @@ RULE_KEYS: dict[str, list[str]] = {
         "seed",
         "tts.backend",
         "tts.heldout_splits",
+        "tts.train_takes",
         "tts.voices",
         "tts.post",
         "tts.quality",

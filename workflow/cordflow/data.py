@@ -1,9 +1,10 @@
 """Spoken QA pairs for the model stages: a QA table joined with the audio manifest.
 
-:func:`spoken_pairs` gives one row per question that has a usable clip (id, question,
-answer, answer_type, choices, split, audio_path, voice); questions without one (no clip, or
-a clip the TTS quality checks rejected) are counted and logged with their reasons, never
-dropped silently. :class:`Batches` deals deterministic batches by step number, so a resumed
+:func:`spoken_pairs` gives one row per usable clip (id, take, question, answer,
+answer_type, choices, split, audio_path, voice): a train question spoken in several voices
+(``tts.train_takes``) gives a row per take. Clips the TTS quality checks rejected and
+questions with no clip at all are counted and logged with their reasons, never dropped
+silently. :class:`Batches` deals deterministic batches by step number, so a resumed
 training run sees exactly the batches an uninterrupted one would. :class:`Prefetch` prepares
 the next step's batch in a background thread while the current step computes (what a data
 loader's worker does).
@@ -27,39 +28,43 @@ T = TypeVar("T")
 @dataclass
 class Pairs:
     items: pd.DataFrame
-    excluded: pd.DataFrame  # id, reason
+    excluded: pd.DataFrame  # id, take (<NA>: the question has no clip at all), reason
 
     def __len__(self) -> int:
         return len(self.items)
 
 
 def spoken_pairs(qa_path: str | Path, manifest_path: str | Path | None) -> Pairs:
-    """Join ``qa_path`` with the manifest on id (without a manifest: text only)."""
+    """Join ``qa_path`` with the manifest on id: a row per usable clip (without a manifest:
+    a row per question, text only)."""
     from cordflow.source import read_qa
 
     qa = read_qa(qa_path)
     if manifest_path is None:
         items = qa.assign(audio_path=None, voice=None)
-        return Pairs(items.reset_index(drop=True), pd.DataFrame(columns=["id", "reason"]))
+        return Pairs(items.reset_index(drop=True), pd.DataFrame(columns=["id", "take", "reason"]))
     from cordflow.tts import read_manifest
 
     manifest = read_manifest(manifest_path)
+    manifest = manifest[manifest["id"].isin(qa["id"])]
     ok = manifest["status"] != "rejected"
-    clips = manifest.loc[ok, ["id", "path", "voice"]].rename(columns={"path": "audio_path"})
-    items = qa.merge(clips, on="id", how="left", validate="one_to_one")
+    clips = manifest.loc[ok, ["id", "take", "path", "voice"]].rename(
+        columns={"path": "audio_path"})
+    items = qa.merge(clips, on="id", how="left", validate="one_to_many")
     missing = items["audio_path"].isna()
-    rejected = manifest.loc[~ok].set_index("id")["reason"]
-    excluded = pd.DataFrame({
-        "id": items.loc[missing, "id"],
-        "reason": [f"tts_rejected: {rejected[i]}" if i in rejected.index
-                   else f"no_clip: {manifest_path} has no clip for it"
-                   for i in items.loc[missing, "id"]],
-    })
+    rejected = manifest.loc[~ok]
+    excluded = pd.concat([
+        pd.DataFrame({"id": rejected["id"], "take": rejected["take"],
+                      "reason": [f"tts_rejected: {r}" for r in rejected["reason"]]}),
+        pd.DataFrame({"id": items.loc[missing & ~items["id"].isin(rejected["id"]), "id"],
+                      "take": pd.NA,
+                      "reason": f"no_clip: {manifest_path} has no clip for it"}),
+    ], ignore_index=True)
     if len(excluded):
-        log.warning("%s: %d of %d questions have no usable clip (e.g. %s); they are left out "
-                    "of audio training", qa_path, len(excluded), len(items),
-                    excluded["reason"].iloc[0])
+        log.warning("%s: %d clip(s) or question(s) left out of audio training (e.g. %s %s)",
+                    qa_path, len(excluded), excluded["id"].iloc[0], excluded["reason"].iloc[0])
     items = items.loc[~missing].reset_index(drop=True)
+    items["take"] = items["take"].astype("int64")
     return Pairs(items, excluded.reset_index(drop=True))
 
 

@@ -312,7 +312,9 @@ def _qa_split(entry: dict, qa, manifest, where: str) -> tuple[list[dict], list[d
     if other:
         raise BenchmarkError(f"{where}: split is '{entry['split']}' but {qa} holds split(s) "
                              f"{other}; pass results/qa/{entry['split']}.parquet")
-    clips = read_manifest(manifest).set_index("id")  # every clip, the rejected ones too
+    # A row per question: its take 0 (the train split may have more takes), rejected or not.
+    clips = read_manifest(manifest)
+    clips = clips[clips["take"] == 0].set_index("id")
     rows, excluded = [], []
     for r in tqdm(table.itertuples(), total=len(table), desc=f"{entry['name']} audio",
                   unit="clip", mininterval=2.0, ncols=100):

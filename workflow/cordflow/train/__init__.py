@@ -59,8 +59,9 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     inputs = step_inputs(loaded, pairs.items,
                          data.Batches(len(pairs), spec["loop"]["batch_size"], seed))
     ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge)
-    log.info("%s: method %s from %s, %d spoken questions, %d steps of %d", rule, spec["name"],
-             init_dir, len(pairs), loop.steps, spec["loop"]["batch_size"])
+    log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d", rule,
+             spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
+             spec["loop"]["batch_size"])
 
     steplog = StepLog(work / "train_log.jsonl", work / "tb", spec["name"])
     verdict_log = work / "verdicts.jsonl"

@@ -8,15 +8,17 @@ only that shard runs again. ``tts_shard`` speaks one plan into the content-addre
 ``shards/{k}.parquet``. ``tts_gather`` writes ``manifest.parquet`` and ``rejected.parquet``.
 
 Each item's voice is chosen from its id (:mod:`cordflow.tts.voices`; held-out splits use
-the held-out voices), spoken by the backend (:mod:`cordflow.tts.backends`: ``espeak`` by
-default, in-process; ``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz,
+the held-out voices; train questions get ``tts.train_takes`` clips in different voices),
+spoken by the backend (:mod:`cordflow.tts.backends`: ``espeak`` by default, in-process;
+``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz,
 -23 LUFS, peak cap, pad, FLAC) and checked (:mod:`cordflow.tts.quality`). Two runs give
 byte-identical clips and tables.
 
-The manifest (:data:`CLIP_SCHEMA`; shard tables have the same columns), one row per item
-of every QA table, sorted by ``id``:
+The manifest (:data:`CLIP_SCHEMA`; shard tables have the same columns), one row per clip of
+every item of every QA table, sorted by ``id`` and ``take``:
 
-- ``id``, ``split``, ``spoken`` (the text read), as in the QA tables;
+- ``id``, ``split``, ``spoken`` (the text read), as in the QA tables; ``take`` (0, and for
+  train questions 1 .. ``tts.train_takes`` - 1);
 - ``status``: ``ok`` | ``flagged`` (usable, worth a look) | ``rejected`` (do not use);
   ``flags``: list of problem codes; ``reason``: ``"code: detail; ..."`` ("" when ok);
 - ``voice``: the voice spec (espeak ``en-us+m1,pitch=50,rate=175``; a Coqui speaker);
@@ -29,7 +31,7 @@ of every QA table, sorted by ``id``:
   clip (``-inf`` when silent).
 
 Rejected clips are kept (in the manifest and in ``rejected.parquet``, same columns, with
-their audio) and items in = ok + flagged + rejected, per shard and in total, or the stage
+their audio) and clips in = ok + flagged + rejected, per shard and in total, or the stage
 fails. Downstream stages read the manifest with ``read_manifest(path, usable=True)`` (or
 ``read_manifest(path)`` and the mask ``usable(manifest)``).
 """

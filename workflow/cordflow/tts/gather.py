@@ -1,9 +1,9 @@
 """Rule ``tts_gather``: the shard tables -> ``manifest.parquet`` and ``rejected.parquet``.
 
-The manifest has every row of every shard (:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by
-id); ``rejected.parquet`` beside it holds the rejected rows (same columns) for the report.
-Every clip file must exist. Items in = ok + flagged + rejected, logged per status and
-per split.
+The manifest has every row of every shard (:data:`~cordflow.tts.CLIP_SCHEMA`, one per clip,
+sorted by id and take); ``rejected.parquet`` beside it holds the rejected rows (same columns)
+for the report. Every clip file must exist. Clips in = ok + flagged + rejected, logged per
+status and per split.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def run(params: dict, shards: list[str | Path], out: str | Path) -> None:
     tables = [read_clips(p) for p in shards]
     n_in = sum(len(t) for t in tables)
     manifest = pd.concat(tables, ignore_index=True) if tables else clip_frame([])
-    dup = manifest["id"][manifest["id"].duplicated()]
+    dup = manifest[manifest.duplicated(["id", "take"])]
     if len(dup):
-        raise ValueError(f"tts-gather: item {dup.iloc[0]!r} is in more than one shard table")
-    manifest = manifest.sort_values("id", kind="stable").reset_index(drop=True)
+        raise ValueError(f"tts-gather: item {dup['id'].iloc[0]!r} take {dup['take'].iloc[0]} "
+                         "is in more than one shard table")
+    manifest = manifest.sort_values(["id", "take"], kind="stable").reset_index(drop=True)
     missing = [p for p in manifest["path"].unique() if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"tts-gather: {len(missing)} clip file(s) missing, e.g. "
@@ -40,13 +41,13 @@ def run(params: dict, shards: list[str | Path], out: str | Path) -> None:
     counts = manifest["status"].value_counts()
     ok, flagged, rejected = (int(counts.get(s, 0)) for s in ("ok", "flagged", "rejected"))
     if ok + flagged + rejected != n_in:
-        raise RuntimeError(f"tts-gather: {n_in} items in but {ok + flagged + rejected} out")
+        raise RuntimeError(f"tts-gather: {n_in} clips in but {ok + flagged + rejected} out")
     manifest_path, rejected_path = output_paths(out)
     write_table(manifest, manifest_path, CLIP_ARROW)
     write_table(manifest[manifest["status"] == "rejected"].reset_index(drop=True),
                 rejected_path, CLIP_ARROW)
-    log.info("tts-gather: %d items in = %d ok + %d flagged + %d rejected", n_in, ok, flagged,
-             rejected)
+    log.info("tts-gather: %d clips (%d items) in = %d ok + %d flagged + %d rejected", n_in,
+             manifest["id"].nunique(), ok, flagged, rejected)
     for split, part in manifest.groupby("split", sort=True):
         c = part["status"].value_counts()
         log.info("  %s: %d = %d ok + %d flagged + %d rejected", split, len(part),

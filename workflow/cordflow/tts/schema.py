@@ -24,6 +24,7 @@ PLAN_ARROW = pa_arrow.schema([(c, pa_arrow.string()) for c in PLAN_COLUMNS])
 CLIP_ARROW = pa_arrow.schema(
     [
         ("id", pa_arrow.string()),
+        ("take", pa_arrow.int64()),
         ("split", pa_arrow.string()),
         ("status", pa_arrow.string()),
         ("voice", pa_arrow.string()),
@@ -49,6 +50,11 @@ CLIP_COLUMNS = CLIP_ARROW.names
 
 def _sorted_by_id(df: pd.DataFrame) -> bool:
     return bool(df["id"].is_monotonic_increasing)
+
+
+def _sorted_by_id_take(df: pd.DataFrame) -> bool:
+    keys = list(zip(df["id"], df["take"]))
+    return keys == sorted(keys)
 
 
 def _status_matches_flags(df: pd.DataFrame) -> pd.Series:
@@ -79,7 +85,8 @@ PLAN_SCHEMA = pa.DataFrameSchema(
 
 CLIP_SCHEMA = pa.DataFrameSchema(
     {
-        "id": pa.Column(str, unique=True),
+        "id": pa.Column(str),
+        "take": pa.Column(int, pa.Check.ge(0)),
         "split": pa.Column(str, pa.Check.str_matches(r"^[a-z][a-z0-9_]*$")),
         "status": pa.Column(str, pa.Check.isin(STATUSES)),
         "voice": pa.Column(str, pa.Check.str_length(min_value=1)),
@@ -100,11 +107,13 @@ CLIP_SCHEMA = pa.DataFrameSchema(
         "peak_dbfs": pa.Column(float),
     },
     checks=[
-        pa.Check(_sorted_by_id, element_wise=False, error="rows are not sorted by id"),
+        pa.Check(_sorted_by_id_take, element_wise=False,
+                 error="rows are not sorted by id and take"),
         pa.Check(_status_matches_flags, error="status, flags and reason disagree"),
     ],
     strict=True,
     ordered=True,
+    unique=["id", "take"],
     name="tts_clips",
 )
 
@@ -122,7 +131,7 @@ def clip_frame(rows: list[dict]) -> pd.DataFrame:
     for col in ("duration", "speech_duration", "silence_ratio", "clip_ratio",
                 "loudness_lufs", "peak_dbfs"):
         df[col] = df[col].astype("float64")
-    for col in ("sample_rate", "n_samples"):
+    for col in ("take", "sample_rate", "n_samples"):
         df[col] = df[col].astype("int64")
     for col in CLIP_COLUMNS:
         if df[col].dtype == object and col != "flags":

@@ -1,9 +1,9 @@
 """Rule ``tts_shard``: speak one plan into the store and write its clip table.
 
-For every plan row: choose the voice (:mod:`cordflow.tts.voices`), look the clip up in the
-store by its key (:mod:`cordflow.tts.store`), and only if it is missing synthesise and
-post-process it; then run the quality checks (:mod:`cordflow.tts.quality`). The table
-(:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by id) depends only on the plan and the
+For every plan row and take (train questions get ``tts.train_takes`` clips, each in another
+voice; :mod:`cordflow.tts.voices`), look the clip up in the store by its key
+(:mod:`cordflow.tts.store`), and only if it is missing synthesise and post-process it; then run the quality checks (:mod:`cordflow.tts.quality`). The table
+(:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by id and take) depends only on the plan and the
 config, never on what the store already held. With ``threads >= 2`` the backend speaks
 the next clips in a second thread while this one post-processes (espeak and the audio
 libraries release the GIL); the output is the same either way.
@@ -32,6 +32,7 @@ LOOKAHEAD = 8  # clips synthesised ahead of post-processing (bounds memory)
 
 class ShardStats(NamedTuple):
     items: int
+    clips: int
     ok: int
     flagged: int
     rejected: int
@@ -98,45 +99,46 @@ def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | P
         choose = VoiceChooser(backend, cfg, seed)
         version, code = backend.version, sound_code(backend)
         store = Store(store_dir)
-        keys, jobs, records = [], [], {}
+        clips, jobs, records = [], [], {}  # clips: (id, take, split, text, key, voice)
         for item_id, split, text in plan[["id", "split", "spoken"]].itertuples(index=False):
-            voice = choose(item_id, split)
-            key = clip_key(text, voice.spec, backend.name, version, cfg["post"], code)
-            keys.append((key, voice))
-            if key not in records:
-                found = store.get(key)
-                if found is None:
-                    records[key] = None
-                    jobs.append(Job(key, text, voice))
-                else:
-                    records[key] = found
+            for take, voice in enumerate(choose.voices_of(item_id, split)):
+                key = clip_key(text, voice.spec, backend.name, version, cfg["post"], code)
+                clips.append((item_id, take, split, text, key, voice))
+                if key not in records:
+                    found = store.get(key)
+                    if found is None:
+                        records[key] = None
+                        jobs.append(Job(key, text, voice))
+                    else:
+                        records[key] = found
         reused = sum(r is not None for r in records.values())
         meta = {"backend": backend.name, "backend_version": version, "post": cfg["post"],
                 "code": code}
-        with tqdm(total=len(plan), initial=len(plan) - len(jobs), desc=name, unit="clip",
+        with tqdm(total=len(clips), initial=len(clips) - len(jobs), desc=name, unit="clip",
                   file=sys.stderr, mininterval=1.0) as bar:
             records.update(speak_all(backend, jobs, store, cfg["post"], meta, threads, bar))
 
     rows = []
-    for (item_id, split, text), (key, voice) in zip(
-            plan[["id", "split", "spoken"]].itertuples(index=False), keys):
+    for item_id, take, split, text, key, voice in clips:
         rec = records[key]
         verdict = quality.check(rec, text, cfg["quality"])
         rows.append({
-            "id": item_id, "split": split, "status": verdict.status, "voice": voice.spec,
-            "path": rec["path"], "sha256": rec["sha256"], "duration": rec["duration"],
-            "sample_rate": rec["sample_rate"], "n_samples": rec["n_samples"],
-            "backend": backend.name, "backend_version": version, "flags": verdict.flags,
-            "reason": verdict.reason, "spoken": text,
+            "id": item_id, "take": take, "split": split, "status": verdict.status,
+            "voice": voice.spec, "path": rec["path"], "sha256": rec["sha256"],
+            "duration": rec["duration"], "sample_rate": rec["sample_rate"],
+            "n_samples": rec["n_samples"], "backend": backend.name,
+            "backend_version": version, "flags": verdict.flags, "reason": verdict.reason,
+            "spoken": text,
             **{k: rec[k] for k in ("speech_duration", "silence_ratio", "clip_ratio",
                                    "loudness_lufs", "peak_dbfs")},
         })
     table = CLIP_SCHEMA.validate(clip_frame(rows))
     counts = table["status"].value_counts()
     ok, flagged, rejected = (int(counts.get(s, 0)) for s in ("ok", "flagged", "rejected"))
-    if ok + flagged + rejected != len(plan):
-        raise RuntimeError(f"{name}: {len(plan)} items in but {ok + flagged + rejected} out")
+    if ok + flagged + rejected != len(clips):
+        raise RuntimeError(f"{name}: {len(clips)} clips planned but {ok + flagged + rejected} "
+                           "out")
     write_table(table, out, CLIP_ARROW)
-    log.info("%s: %d items in = %d ok + %d flagged + %d rejected (synthesised %d, reused %d)",
-             name, len(plan), ok, flagged, rejected, len(jobs), reused)
-    return ShardStats(len(plan), ok, flagged, rejected, len(jobs), reused)
+    log.info("%s: %d items, %d clips = %d ok + %d flagged + %d rejected (synthesised %d, "
+             "reused %d)", name, len(plan), len(clips), ok, flagged, rejected, len(jobs), reused)
+    return ShardStats(len(plan), len(clips), ok, flagged, rejected, len(jobs), reused)

@@ -5,6 +5,10 @@ Training splits draw from ``tts.voices.train``, the splits in ``tts.heldout_spli
 :meth:`~cordflow.tts.backends.Backend.voice_set` (for espeak: every name x variant x pitch
 x rate); an item's voice is ``set[h % len(set)]`` with ``h`` from sha256 of the seed and
 the item id, so it does not depend on the shard, the order or the other items.
+
+Questions of the train split get ``tts.train_takes`` clips, in as many different voices:
+take 0 is :func:`pick`'s voice, the others follow in a seeded order of the rest of the set
+(:func:`picks`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,19 @@ def pick(item_id: str, seed: int, voices: list[Voice]) -> Voice:
     return voices[int.from_bytes(digest[:8], "big") % len(voices)]
 
 
+def picks(item_id: str, seed: int, voices: list[Voice], k: int) -> list[Voice]:
+    """``k`` different voices for ``item_id``: :func:`pick`'s first, then the others ranked by
+    a stable hash of (seed, id, voice)."""
+    if not 1 <= k <= len(voices):
+        raise ValueError(f"{k} takes from a set of {len(voices)} voices")
+    first = pick(item_id, seed, voices)
+
+    def rank(v: Voice) -> bytes:
+        return hashlib.sha256(f"cordflow-take:{seed}:{item_id}:{v.spec}".encode()).digest()
+
+    return [first, *sorted((v for v in voices if v != first), key=rank)[:k - 1]]
+
+
 class VoiceChooser:
     """Both voice sets, checked against the backend up front (an unknown voice fails
     before anything is synthesised, naming its config key)."""
@@ -30,6 +47,11 @@ class VoiceChooser:
         self.heldout_splits = set(tts_cfg["heldout_splits"])
         self.train = backend.voice_set(cfg["train"], cfg, "tts.voices.train")
         self.heldout = backend.voice_set(cfg["heldout"], cfg, "tts.voices.heldout")
+        self.train_takes = int(tts_cfg.get("train_takes", 1))
+        if self.train_takes > len(self.train):
+            raise VoiceError(f"config key 'tts.train_takes' is {self.train_takes} but "
+                             f"'tts.voices.train' gives {len(self.train)} voices; lower it or "
+                             "add voices (names, variants, pitch, rate)")
         shared = sorted(set(cfg["train"]) & set(cfg["heldout"]))
         if shared:
             raise VoiceError("config keys 'tts.voices.train' and 'tts.voices.heldout' share "
@@ -38,5 +60,13 @@ class VoiceChooser:
     def voices_for(self, split: str) -> list[Voice]:
         return self.heldout if split in self.heldout_splits else self.train
 
+    def takes(self, split: str) -> int:
+        return self.train_takes if split == "train" else 1
+
     def __call__(self, item_id: str, split: str) -> Voice:
+        """The voice of take 0 of ``item_id``."""
         return pick(item_id, self.seed, self.voices_for(split))
+
+    def voices_of(self, item_id: str, split: str) -> list[Voice]:
+        """The voice of each take of ``item_id`` (one take for every split but train)."""
+        return picks(item_id, self.seed, self.voices_for(split), self.takes(split))
