@@ -54,6 +54,12 @@ def heldout_reduction(rows: pd.DataFrame) -> pd.DataFrame:
     return red.stack().rename("reduction").reset_index()
 
 
+def by_seed(df: pd.DataFrame, col: str) -> str:
+    """``seed: value`` for every row of ``df``, in seed order."""
+    return ", ".join(f"{seed}: {v:.1f}" for seed, v in
+                     df.sort_values("seed")[["seed", col]].itertuples(index=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
@@ -73,20 +79,20 @@ def main() -> None:
     print("\naccuracy (percent, mean and std over seeds):")
     print(acc.to_string())
     means = tables[tables["benchmark"] == "mean"]
-    red = means.groupby("model", sort=False)["gap_reduction"]
     print("\ngap reduction vs base (percent, over benchmarks with text):")
-    for model, values in red:
-        vals = ", ".join(f"{v:.1f}" for v in values)
-        print(f"  {model:16s} {values.mean():6.1f} +- {values.std():5.1f}   (seeds: {vals})")
+    for model, m in means.groupby("model", sort=False):
+        values = m["gap_reduction"]
+        print(f"  {model:16s} {values.mean():6.1f} +- {values.std():5.1f}   "
+              f"(by seed: {by_seed(m, 'gap_reduction')})")
     if (rows["benchmark"] == "voices_heldout").any():
         print("\nheld-out voices only: gap (base text - model audio) and gap reduction vs base:")
         gaps = rows[rows["benchmark"] == "voices_heldout"].groupby("model", sort=False)["gap"]
-        red = heldout_reduction(rows).groupby("model", sort=False)["reduction"]
+        red = heldout_reduction(rows).dropna().groupby("model", sort=False)
         for model, g in gaps:
             r = red.get_group(model)
-            vals = ", ".join(f"{v:.1f}" for v in r)
             print(f"  {model:16s} gap {g.mean():6.1f} +- {g.std():5.1f}   reduction "
-                  f"{r.mean():6.1f} +- {r.std():5.1f}   (seeds: {vals})")
+                  f"{r['reduction'].mean():6.1f} +- {r['reduction'].std():5.1f}   "
+                  f"(by seed: {by_seed(r, 'reduction')})")
 
 
 if __name__ == "__main__":
