@@ -10,8 +10,8 @@ only that shard runs again. ``tts_shard`` speaks one plan into the content-addre
 Each item's voice is chosen from its id (:mod:`cordflow.tts.voices`; held-out splits use
 the held-out voices; train questions get ``tts.train_takes`` clips in different voices),
 spoken by the backend (:mod:`cordflow.tts.backends`: ``espeak`` by default, in-process;
-``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz,
--23 LUFS, peak cap, pad, FLAC) and checked (:mod:`cordflow.tts.quality`). Two runs give
+``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz, -23 LUFS, peak cap,
+pad, FLAC) and checked (:mod:`cordflow.tts.quality`). Two runs give
 byte-identical clips and tables.
 
 The manifest (:data:`CLIP_SCHEMA`; shard tables have the same columns), one row per clip of

@@ -2,7 +2,8 @@
 
 For every plan row and take (train questions get ``tts.train_takes`` clips, each in another
 voice; :mod:`cordflow.tts.voices`), look the clip up in the store by its key
-(:mod:`cordflow.tts.store`), and only if it is missing synthesise and post-process it; then run the quality checks (:mod:`cordflow.tts.quality`). The table
+(:mod:`cordflow.tts.store`), and only if it is missing synthesise and post-process it;
+then run the quality checks (:mod:`cordflow.tts.quality`). The table
 (:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by id and take) depends only on the plan and the
 config, never on what the store already held. With ``threads >= 2`` the backend speaks
 the next clips in a second thread while this one post-processes (espeak and the audio
