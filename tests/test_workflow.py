@@ -29,13 +29,13 @@ def test_workflow_runs_end_to_end(completed_run):
     assert first["rc"] == 0, f"snakemake failed:\n{first['tail']}"
     assert {job.split("[")[0] for job in first["jobs"]} == ALL_RULES
     results = completed_run.path / "results"
-    splits = yaml.safe_load((REPO / "config" / "test.yaml").read_text())["source"]["splits"]
+    test_cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    splits = test_cfg["source"]["splits"]
     qa = pd.concat([pd.read_parquet(results / "qa" / f"{s}.parquet") for s in splits])
     local = qa[qa["origin"].str.startswith(f"{LOCAL_QA}:")]
     assert sorted(local["question"]) == sorted(r["question"] for r in LOCAL_ROWS)
     # every question was spoken (or kept aside with a reason): a manifest row per take,
     # tts.train_takes of them for a train question, one for any other
-    test_cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg = load_config(REPO / "config" / "config.yaml", overrides=test_cfg)
     n_takes = cfg["tts"]["train_takes"]
     manifest = pd.read_parquet(results / "audio" / "manifest.parquet")

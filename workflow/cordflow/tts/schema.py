@@ -53,8 +53,7 @@ def _sorted_by_id(df: pd.DataFrame) -> bool:
 
 
 def _sorted_by_id_take(df: pd.DataFrame) -> bool:
-    keys = list(zip(df["id"], df["take"]))
-    return keys == sorted(keys)
+    return bool(pd.MultiIndex.from_frame(df[["id", "take"]]).is_monotonic_increasing)
 
 
 def _status_matches_flags(df: pd.DataFrame) -> pd.Series:

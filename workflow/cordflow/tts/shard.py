@@ -47,6 +47,16 @@ class Job(NamedTuple):
     voice: Voice
 
 
+class Clip(NamedTuple):
+    """One row of the shard table to be: an item's take and the store key of its audio."""
+    item_id: str
+    take: int
+    split: str
+    text: str
+    key: str
+    voice: Voice
+
+
 def sound_code(backend: Backend) -> str:
     """Hash of the code that shapes a clip's sound: the backend module and post.py."""
     return code_hash(inspect.getsourcefile(type(backend)), inspect.getsourcefile(post))
@@ -100,11 +110,11 @@ def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | P
         choose = VoiceChooser(backend, cfg, seed)
         version, code = backend.version, sound_code(backend)
         store = Store(store_dir)
-        clips, jobs, records = [], [], {}  # clips: (id, take, split, text, key, voice)
+        clips, jobs, records = [], [], {}
         for item_id, split, text in plan[["id", "split", "spoken"]].itertuples(index=False):
             for take, voice in enumerate(choose.voices_of(item_id, split)):
                 key = clip_key(text, voice.spec, backend.name, version, cfg["post"], code)
-                clips.append((item_id, take, split, text, key, voice))
+                clips.append(Clip(item_id, take, split, text, key, voice))
                 if key not in records:
                     found = store.get(key)
                     if found is None:
@@ -120,16 +130,16 @@ def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | P
             records.update(speak_all(backend, jobs, store, cfg["post"], meta, threads, bar))
 
     rows = []
-    for item_id, take, split, text, key, voice in clips:
-        rec = records[key]
-        verdict = quality.check(rec, text, cfg["quality"])
+    for c in clips:
+        rec = records[c.key]
+        verdict = quality.check(rec, c.text, cfg["quality"])
         rows.append({
-            "id": item_id, "take": take, "split": split, "status": verdict.status,
-            "voice": voice.spec, "path": rec["path"], "sha256": rec["sha256"],
+            "id": c.item_id, "take": c.take, "split": c.split, "status": verdict.status,
+            "voice": c.voice.spec, "path": rec["path"], "sha256": rec["sha256"],
             "duration": rec["duration"], "sample_rate": rec["sample_rate"],
             "n_samples": rec["n_samples"], "backend": backend.name,
             "backend_version": version, "flags": verdict.flags, "reason": verdict.reason,
-            "spoken": text,
+            "spoken": c.text,
             **{k: rec[k] for k in ("speech_duration", "silence_ratio", "clip_ratio",
                                    "loudness_lufs", "peak_dbfs")},
         })

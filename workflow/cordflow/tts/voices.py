@@ -47,7 +47,7 @@ class VoiceChooser:
         self.heldout_splits = set(tts_cfg["heldout_splits"])
         self.train = backend.voice_set(cfg["train"], cfg, "tts.voices.train")
         self.heldout = backend.voice_set(cfg["heldout"], cfg, "tts.voices.heldout")
-        self.train_takes = int(tts_cfg.get("train_takes", 1))
+        self.train_takes = int(tts_cfg["train_takes"])
         if self.train_takes > len(self.train):
             raise VoiceError(f"config key 'tts.train_takes' is {self.train_takes} but "
                              f"'tts.voices.train' gives {len(self.train)} voices; lower it or "
