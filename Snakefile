@@ -1,6 +1,6 @@
-# cordflow: text QA -> spoken questions -> base -> SFT warm-up -> CORD -> audio-text gap.
+# cordflow: text QA -> spoken questions -> base -> warm-up -> CORD -> audio-text gap.
 # Each rule is a thin `python -m cordflow <stage>` call; the work lives in workflow/cordflow.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -8,13 +8,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
-
-
 report: "report/workflow.rst"
 
 
-include: "rules/common.smk"
+include: "rules/common.smk"  # config upgrade + schema validation, helpers
 include: "rules/source.smk"
 include: "rules/tts.smk"
 include: "rules/models.smk"

@@ -81,8 +81,8 @@ def report(work: Path, wall: float | None, cores: str | None) -> None:
     on = f" ({cores} cores)" if cores else ""
     print(f"default run in {work}{on}: {wall / 60:.1f} min wall")
     print(f"{'rule':12s} {'jobs':>4s} {'sum s':>8s} {'max s':>8s} {'peak MB':>8s}")
-    order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
-             "evaluate", "summarize", "provenance"]
+    order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "warmup", "train",
+             "evaluate", "summarize", "provenance_summary"]
     for rule in sorted(per_rule, key=lambda r: order.index(r) if r in order else 99):
         recs = per_rule[rule]
         secs = [seconds(r) for r in recs]

@@ -21,14 +21,24 @@ envvars:
     "PYTHONPATH",
 
 
-from cordflow.config import benchmark_params, code_version, dumps, rule_params
+from snakemake.utils import validate
+
+from cordflow.config import benchmark_params, code_version, dumps, rule_params, upgrade_config
 from cordflow.train.methods import method_params
+from cordflow.tts.backends import BACKEND_ENVS
+
+# Deprecated keys (e.g. the `sft` section, now `warmup`) are moved to their new place with
+# a warning, then the config is validated (defaults filled) before any job is planned.
+for note in upgrade_config(config):
+    logger.warning(f"cordflow: {note}")
+validate(config, workflow.source_path("../config/schema.yaml"))
 
 SPLITS = config["source"]["splits"]
 N_SHARDS = config["tts"]["n_shards"]
 METHODS = config["train"]["methods"]
 MODELS = ["base", "warmup", *METHODS]
 BENCHMARKS = {b["name"]: b for b in config["evaluate"]["benchmarks"]}
+MANIFEST = "results/audio/manifest.parquet"
 
 
 wildcard_constraints:
@@ -57,6 +67,11 @@ def eval_params(wildcards):
 def train_init(wildcards):
     """The checkpoint every method starts from (train.init)."""
     return model_dir("warmup" if config["train"]["init"] == "warmup" else "base")
+
+
+def tts_env():
+    """The conda env of the configured TTS backend (cordflow.tts.backends.BACKEND_ENVS)."""
+    return f"../envs/{BACKEND_ENVS[config['tts']['backend']]}.yaml"
 
 
 def repeat_opt(flag, paths):
@@ -89,7 +104,7 @@ def eval_inputs(wildcards):
     inputs = {"model": model_dir(wildcards.model)}
     if bench["kind"] == "qa_split":
         inputs["qa"] = qa_table(bench["split"])
-        inputs["manifest"] = "results/audio/manifest.parquet"
+        inputs["manifest"] = MANIFEST
     return inputs
 
 

@@ -2,9 +2,9 @@ rule base:
     input:
         qa_train=qa_table("train"),
         qa_test=qa_table("test"),
-        manifest="results/audio/manifest.parquet",
+        manifest=MANIFEST,
     output:
-        directory("results/models/base"),
+        directory(model_dir("base")),
     log:
         "logs/models/base.log",
     conda:
@@ -18,21 +18,21 @@ rule base:
         " > {log:q} 2>&1"
 
 
-rule sft:
+rule warmup:
     input:
         base=rules.base.output[0],
         qa_train=qa_table("train"),
-        manifest="results/audio/manifest.parquet",
+        manifest=MANIFEST,
     output:
-        directory("results/models/warmup"),
+        directory(model_dir("warmup")),
     log:
-        "logs/models/sft.log",
+        "logs/models/warmup.log",
     conda:
         "../envs/train.yaml"
     params:
-        cfg=params_of("sft"),
-        code=code_version("sft"),
+        cfg=params_of("warmup"),
+        code=code_version("warmup"),
     shell:
-        "python -m cordflow sft --params {params.cfg:q} --base {input.base:q}"
+        "python -m cordflow warmup --params {params.cfg:q} --base {input.base:q}"
         " --qa-train {input.qa_train:q} --manifest {input.manifest:q} --out-dir {output:q}"
         " > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 PROVENANCE_SUMMARY = "results/provenance/summary.csv"
 
 
-rule provenance:
+rule provenance_summary:
     input:
         [f for f in final_outputs() if f != PROVENANCE_SUMMARY],
     output:
@@ -14,13 +14,13 @@ rule provenance:
             category="Provenance",
         ),
     log:
-        "logs/provenance.log",
+        "logs/provenance_summary.log",
     conda:
         "../envs/data.yaml"
     params:
-        cfg=params_of("provenance"),
-        code=code_version("provenance"),
+        cfg=params_of("provenance_summary"),
+        code=code_version("provenance_summary"),
         targets=lambda wildcards, input: repeat_opt("--target", input),
     shell:
-        "python -m cordflow provenance --params {params.cfg:q} {params.targets}"
+        "python -m cordflow provenance-summary --params {params.cfg:q} {params.targets}"
         " --out {output:q} --results results > {log:q} 2>&1"

@@ -2,9 +2,9 @@ rule train:
     input:
         init=train_init,
         qa_train=qa_table("train"),
-        manifest="results/audio/manifest.parquet",
+        manifest=MANIFEST,
     output:
-        directory("results/models/{method}"),
+        directory(model_dir("{method}")),
     log:
         "logs/train/{method}.log",
     conda:

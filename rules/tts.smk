@@ -23,11 +23,7 @@ rule tts_shard:
     log:
         "logs/tts/shard_{k}.log",
     conda:
-        (
-            "../envs/coqui.yaml"
-            if config["tts"]["backend"] == "coqui"
-            else "../envs/tts.yaml"
-        )
+        tts_env()
     threads: 2
     params:
         cfg=params_of("tts_shard"),
@@ -42,7 +38,7 @@ rule tts_gather:
     input:
         shards=expand("results/audio/shards/{k}.parquet", k=range(N_SHARDS)),
     output:
-        manifest="results/audio/manifest.parquet",
+        manifest=MANIFEST,
         rejected=report(
             "results/audio/rejected.parquet",
             caption="../report/audio_rejected.rst",

@@ -13,7 +13,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from cordflow import audit, crate, provsummary
+from cordflow import audit, crate, provenance_summary
 from cordflow.io import sha256_file
 from cordflow.provenance import is_record, read_record, record_path
 
@@ -68,7 +68,7 @@ def built(repo, tmp_path_factory):
         ok(finish(proc))
     ok(cordflow(repo, "tts-gather", "--params", "{}", "--shards", "results/audio/shards/0.parquet",
                 "--shards", "results/audio/shards/1.parquet", "--out", MANIFEST, cwd=w))
-    ok(cordflow(repo, "provenance", "--params", "{}", "--target", MANIFEST, "--out", SUMMARY,
+    ok(cordflow(repo, "provenance-summary", "--params", "{}", "--target", MANIFEST, "--out", SUMMARY,
                 cwd=w))
     return w
 
@@ -220,7 +220,7 @@ def test_leftovers_of_an_interrupted_job_are_named_as_such(run):
 def test_summary_lists_every_artifact_behind_the_targets(run):
     with open(run / SUMMARY, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == provsummary.COLUMNS
+    assert list(rows[0]) == provenance_summary.COLUMNS
     by_path = {r["artifact"]: r for r in rows}
     artifacts = sorted(str(p.relative_to(run))[: -len(".prov.json")]
                        for p in (run / "results").rglob("*.prov.json"))
@@ -243,7 +243,7 @@ def test_summary_lists_every_artifact_behind_the_targets(run):
 def test_summary_check_column_shows_a_mismatch(run):
     with open(run / "results/qa/test.parquet", "ab") as f:
         f.write(b"\0")
-    rows = {r["artifact"]: r for r in provsummary.rows([MANIFEST], "results")}
+    rows = {r["artifact"]: r for r in provenance_summary.rows([MANIFEST], "results")}
     assert rows["results/qa/test.parquet"]["check"].startswith("results/qa/test.parquet: changed")
     assert rows["results/qa/train.parquet"]["check"] == "ok"
 

@@ -12,6 +12,7 @@ code each stage runs, so that editing any of it reruns that stage and nothing el
 from __future__ import annotations
 
 import ast
+import re
 import json
 from pathlib import Path
 
@@ -35,9 +36,9 @@ def evals(*models: str, benchmark: str = "builtin") -> set[str]:
 
 
 TRAIN = {"train[method=sft]", "train[method=cord]"}
-LAST = {"summarize", "provenance"}
+LAST = {"summarize", "provenance_summary"}
 ALL_EVALS = evals("base", "warmup", "sft", "cord")
-FROM_BASE = {"base", "sft", *TRAIN, *ALL_EVALS, *LAST}
+FROM_BASE = {"base", "warmup", *TRAIN, *ALL_EVALS, *LAST}
 FROM_SHARDS = {*shards(), "tts_gather", *FROM_BASE}
 EVERYTHING = {"source", "tts_plan", *FROM_SHARDS}
 
@@ -54,7 +55,8 @@ KNOBS = [
     ("tts.train_takes", {"tts": {"train_takes": 2}}, FROM_SHARDS),
     ("model.max_new_tokens", {"model": {"max_new_tokens": 5}}, FROM_BASE),
     ("base.audio.steps", {"base": {"audio": {"steps": 3}}}, FROM_BASE),
-    ("sft.lr", {"sft": {"lr": 3e-4}}, {"sft", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
+    ("warmup.lr", {"warmup": {"lr": 3e-4}},
+     {"warmup", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
     ("train.lr", {"train": {"lr": 3e-4}}, {*TRAIN, *evals("sft", "cord"), *LAST}),
     ("train.init", {"train": {"init": "base"}}, {*TRAIN, *evals("sft", "cord"), *LAST}),
     ("train.offpolicy.temperature", {"train": {"offpolicy": {"temperature": 0.5}}},
@@ -142,7 +144,7 @@ CODE_EDITS = [
     ("tts/post.py", FROM_SHARDS),
     ("tts/gather.py", {"tts_gather", *FROM_BASE}),
     ("evaluate/benchmarks.py", {*ALL_EVALS, *LAST}),
-    ("train/judges.py", {"sft", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
+    ("train/judges.py", {"warmup", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
 ]
 
 
@@ -203,6 +205,11 @@ def _uses(path: Path, names: set[str] | None) -> tuple[list, bool]:
     found = [i for n in nodes if isinstance(n, (ast.Import, ast.ImportFrom))
              for i in _imports(path, n)]
     found += [i for n in top for i in _imports(path, n) if i[2] in refs]
+    # A registry names its classes as "cordflow.module:Class" (imported when chosen, e.g.
+    # cordflow.tts.backends.BACKEND_CLASSES): those are imports of what the stage may run.
+    found += [(m[1], m[2], m[2]) for n in ast.walk(tree)
+              if isinstance(n, ast.Constant) and isinstance(n.value, str)
+              for m in [re.fullmatch(r"(cordflow[\w.]*):(\w+)", n.value)] if m]
     assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
                 if isinstance(t, ast.Name)}
     return found, names is None or bool(names & (defs.keys() | assigned))

@@ -37,7 +37,7 @@ WORKFLOW_TARGETS: list[str] = []
 WORKFLOW_TIMEOUT_S = 1200
 PROBE_TIMEOUT_S = 180
 # Rules that must run on a GPU (issue #5); every other rule must not ask for one.
-GPU_RULES = {"base", "sft", "train", "evaluate"}
+GPU_RULES = {"base", "warmup", "train", "evaluate"}
 SITE = ["--partition", minicluster.CPU_PARTITION, "--gpu-partition",
         minicluster.GPU_PARTITION, "--gpu-model", minicluster.GPU_TYPE]
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import tiny
 from cordflow import models
 from cordflow.config import load_config
-from cordflow.train import run_spec
+from cordflow.train.run import run_spec
 from cordflow.train.methods import BASE_METHODS, method_params
 
 STEPS = 2

@@ -18,8 +18,8 @@ from cordflow.audit import audit_all
 from cordflow.config import load_config
 from dagrun import BIN, LOCAL_QA, LOCAL_ROWS, REPO, completed_run, snakemake  # noqa: F401
 
-ALL_RULES = {"source", "tts_plan", "tts_shard", "tts_gather", "base", "sft", "train",
-             "evaluate", "summarize", "provenance"}
+ALL_RULES = {"source", "tts_plan", "tts_shard", "tts_gather", "base", "warmup", "train",
+             "evaluate", "summarize", "provenance_summary"}
 MODELS = ["base", "warmup", "sft", "cord"]  # config/test.yaml: train.methods [sft, cord]
 
 
@@ -52,7 +52,7 @@ def test_workflow_runs_end_to_end(completed_run):
         assert len(table) > 0 and set(table["id"]) <= set(qa["id"])
     assert (results / "eval" / "gap_plot.png").stat().st_size > 0
     summary = pd.read_csv(results / "provenance" / "summary.csv")
-    assert ALL_RULES - {"provenance"} <= set(summary["rule"])
+    assert ALL_RULES - {"provenance_summary"} <= set(summary["rule"])
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ import torch
 from cordflow import data, infer, models
 from cordflow.config import section
 from cordflow.io import atomic_path, sha256_file, write_text_atomic
-from cordflow.training import Checkpoints, LoopConfig, StepLog, fit, work_dir
+from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
 
 log = logging.getLogger("cordflow.base")
 

@@ -86,7 +86,7 @@ def tts_shard(
     Clips get no provenance record each: the shard table lists every clip's path and
     sha256, and the store keeps a JSON beside each FLAC with what made it."""
     from cordflow.stage import stage_run
-    from cordflow.tts import read_clips
+    from cordflow.tts.schema import read_clips
     from cordflow.tts import shard as stage
     from cordflow.tts.store import Store
 
@@ -134,7 +134,7 @@ def base(
 
 
 @app.command()
-def sft(
+def warmup(
     base_dir: Annotated[Path, typer.Option("--base")],
     qa_train: Annotated[Path, typer.Option()],
     manifest: Annotated[Path, typer.Option()],
@@ -142,13 +142,20 @@ def sft(
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
-    """SFT warm-up: audio prompt -> targets sampled from the model's text prompt."""
-    from cordflow import sft as stage
+    """The warm-up (off-policy SFT): audio prompt -> targets sampled from the text prompt."""
+    from cordflow import warmup as stage
     from cordflow.stage import stage_run
 
-    p = _params("sft", params, config)
-    with stage_run("sft", p, [base_dir, qa_train, manifest], [out_dir]):
+    p = _params("warmup", params, config)
+    with stage_run("warmup", p, [base_dir, qa_train, manifest], [out_dir]):
         stage.run(p, base_dir, qa_train, manifest, out_dir)
+
+
+def _method_names() -> str:
+    from cordflow.train.methods import METHODS  # light: no torch
+
+    sweeps = [f"{m.name}_a<A>_b<B>" for m in METHODS.values() if m.sweep]
+    return ", ".join([*METHODS, *sweeps])
 
 
 @app.command()
@@ -157,17 +164,17 @@ def train(
     qa_train: Annotated[Path, typer.Option()],
     manifest: Annotated[Path, typer.Option()],
     out_dir: Annotated[Path, typer.Option()],
-    method: Annotated[Optional[str], typer.Option(help="With --config: a name from "
-                                                  "train.methods.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="With --config: a method name: "
+                                                  f"{_method_names()}.")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
-    """Train one method (sft, forward_kl, opd, grpo, opd_grpo, cord, cord_a<A>_b<B>).
+    """Train one method of train.methods (cordflow.train.methods.METHODS).
 
     --params is the method's resolved spec (what the rule passes); with --config give
     --method and the spec is resolved from the file."""
-    from cordflow import train as stage
     from cordflow.stage import stage_run
+    from cordflow.train import run as stage
 
     if config is not None:
         from cordflow.config import load_config
@@ -238,8 +245,8 @@ ExcludeOpt = Annotated[
 ]
 
 
-@app.command()
-def provenance(
+@app.command("provenance-summary")
+def provenance_summary(
     target: Annotated[list[Path], typer.Option(help="Artifacts whose lineage to list (repeat).")],
     out: Annotated[Path, typer.Option(help="The summary table (csv).")],
     results: ResultsOpt = None,
@@ -247,11 +254,11 @@ def provenance(
     config: ConfigOpt = None,
 ):
     """results/provenance/summary.csv: every artifact behind the targets, for the report."""
-    from cordflow import provsummary as stage
+    from cordflow import provenance_summary as stage
     from cordflow.stage import stage_run
 
-    p = _params("provenance", params, config)
-    with stage_run("provenance", p, target, [out]):
+    p = _params("provenance_summary", params, config)
+    with stage_run("provenance_summary", p, target, [out]):
         stage.run(p, target, out, results or Path("results"))
 
 

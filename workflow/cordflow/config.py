@@ -36,11 +36,11 @@ RULE_KEYS: dict[str, list[str]] = {
     ],
     "tts_gather": [],
     "base": ["seed", "model", "base"],
-    "sft": ["seed", "model", "sft"],
+    "warmup": ["seed", "model", "warmup"],
     "train": ["seed", "model", "train"],
     "evaluate": ["seed", "model", "evaluate.batch_size"],
     "summarize": ["seed", "summarize"],
-    "provenance": [],
+    "provenance_summary": [],
 }
 
 # rule -> the package files (relative to cordflow/) whose code it runs. Their content hash
@@ -52,25 +52,28 @@ _TTS_SYNTH = ["tts/__init__.py", "tts/backends.py", "tts/coqui.py", "tts/espeak.
               "tts/post.py", "tts/quality.py", "tts/schema.py", "tts/shard.py", "tts/store.py",
               "tts/voices.py"]
 _TABLES = ["source/schema.py", "tts/schema.py"]
+_TRAIN = ["train/run.py", "train/methods.py", "train/loop.py", "train/step.py",
+          "train/losses.py", "train/judges.py", "train/rollout.py"]
 RULE_CODE: dict[str, list[str]] = {
     "source": ["source"],
     "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py", "source/schema.py"],
     "tts_shard": _TTS_SYNTH,
     "tts_gather": ["tts/gather.py", "tts/schema.py"],
-    "base": ["models.py", "base.py", "training.py", "data.py", "infer.py", "scoring.py",
-             "train/losses.py", *_TABLES],
-    "sft": ["models.py", "sft.py", "training.py", "data.py", "infer.py", "scoring.py", "train",
-            *_TABLES],
-    "train": ["models.py", "train", "training.py", "data.py", "infer.py", "scoring.py",
-              *_TABLES],
+    "base": ["models.py", "base.py", "train/loop.py", "data.py",
+             "infer.py", "scoring.py", "train/losses.py", *_TABLES],
+    "warmup": ["models.py", "warmup.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
+               *_TABLES],
+    "train": ["models.py", *_TRAIN, "data.py", "infer.py", "scoring.py", *_TABLES],
     "evaluate": ["models.py", "evaluate", "infer.py", "scoring.py", "source/rows.py",
                  "source/hf.py", *_TABLES],
     "summarize": ["summarize.py"],
-    "provenance": ["audit.py", "provsummary.py"],
+    "provenance_summary": ["audit.py", "provenance_summary.py"],
 }
 
 
-def _default_extending_validator():
+def _defaults_validator():
+    """Draft 2020-12 validation that also fills each property's ``default`` (as Snakemake's
+    ``validate`` does), so every reader of the config sees the same values."""
     import jsonschema
     from jsonschema import validators
 
@@ -86,6 +89,55 @@ def _default_extending_validator():
     return validators.extend(base, {"properties": set_defaults})
 
 
+def validate_with_defaults(instance: Any, schema: dict, where: str = "", registry=None
+                           ) -> list[str]:
+    """Validate ``instance`` in place against ``schema``, filling defaults; the problems as
+    ``"config key 'where/a/b': message"`` lines (empty when valid)."""
+    kwargs = {"registry": registry} if registry is not None else {}
+    validator = _defaults_validator()(schema, **kwargs)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    return [f"config key '{'/'.join([where, *map(str, e.absolute_path)]).strip('/') or '(top level)'}'"
+            f": {e.message}" for e in errors]
+
+
+def schema_part(*path: str) -> dict:
+    """The sub-schema at ``path`` (e.g. ``("evaluate", "benchmarks", "items")`` walks
+    ``properties``/``items``), with the root's ``$defs`` so its references resolve."""
+    root = yaml.safe_load(SCHEMA.read_text())
+    node = root
+    for key in path:
+        node = node["items"] if key == "items" else node["properties"][key]
+    return {**node, "$defs": root.get("$defs", {})}
+
+
+# Deprecated config spellings: (what it was, what it is now). :func:`upgrade_config` moves
+# them to their new place and says so; the schema knows only the new names.
+DEPRECATED = [
+    ("sft (section)", "warmup (section): the warm-up stage is `warmup` since 0.2; the "
+     "training METHOD `sft` is unchanged"),
+    ("train.teacher.kind: base", "train.teacher.kind: init (the weights this run starts "
+     "from, train.init), since 0.2"),
+]
+
+
+def upgrade_config(config: dict) -> list[str]:
+    """Rewrite deprecated keys and values of ``config`` in place to their current form (see
+    :data:`DEPRECATED`); one warning line per rewrite. Called before validation, in the
+    Snakefile and in :func:`load_config`."""
+    notes = []
+    if "sft" in config:
+        old = config.pop("sft") or {}
+        config["warmup"] = deep_merge(config.get("warmup") or {}, old)
+        notes.append("config key 'sft' is deprecated: it is now 'warmup' (the warm-up "
+                     "stage; the training method 'sft' is unchanged); read as 'warmup'")
+    teacher = (config.get("train") or {}).get("teacher") or {}
+    if teacher.get("kind") == "base":
+        teacher["kind"] = "init"
+        notes.append("config value train.teacher.kind: base is deprecated: it is now 'init' "
+                     "(the weights the run starts from, train.init); read as 'init'")
+    return notes
+
+
 def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     """Validate ``config`` in place against the schema, filling defaults (as Snakemake does)."""
     from referencing import Registry, Resource
@@ -99,22 +151,22 @@ def validate_config(config: dict, schema_path: Path = SCHEMA) -> dict:
 
     schema = yaml.safe_load(schema_path.read_text())
     schema["$id"] = schema_path.as_uri()
-    validator = _default_extending_validator()(schema, registry=Registry(retrieve=retrieve))
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for e in errors:
-            where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-            lines.append(f"config key '{where}': {e.message}")
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(lines))
+    problems = validate_with_defaults(config, schema, registry=Registry(retrieve=retrieve))
+    if problems:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """Read a YAML config, merge ``overrides`` (nested dicts), validate and fill defaults."""
+    """Read a YAML config, merge ``overrides`` (nested dicts), upgrade deprecated keys (with
+    a warning), validate and fill defaults."""
+    import warnings
+
     config = yaml.safe_load(Path(path).read_text()) or {}
     if overrides:
         config = deep_merge(config, overrides)
+    for note in upgrade_config(config):
+        warnings.warn(f"{path}: {note}", FutureWarning, stacklevel=2)
     return validate_config(config)
 
 
@@ -177,13 +229,10 @@ def code_version(rule: str) -> str:
 def section(params: dict, name: str) -> dict:
     """Config section ``name`` of a rule's params, validated against its part of the schema
     with defaults filled in (so ``--params`` written by hand may leave keys out)."""
-    root = yaml.safe_load(SCHEMA.read_text())
-    schema = {**root["properties"][name], "$defs": root.get("$defs", {})}
     cfg = copy.deepcopy(params.get(name) or {})
-    errors = list(_default_extending_validator()(schema).iter_errors(cfg))
-    if errors:
-        lines = [f"{name}/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-        raise ValueError(f"invalid {name} config:\n  " + "\n  ".join(lines))
+    problems = validate_with_defaults(cfg, schema_part(name), where=name)
+    if problems:
+        raise ValueError(f"invalid {name} config:\n  " + "\n  ".join(problems))
     return cfg
 
 

@@ -43,7 +43,7 @@ def spoken_pairs(qa_path: str | Path, manifest_path: str | Path | None) -> Pairs
     if manifest_path is None:
         items = qa.assign(audio_path=None, voice=None)
         return Pairs(items.reset_index(drop=True), pd.DataFrame(columns=["id", "take", "reason"]))
-    from cordflow.tts import read_manifest
+    from cordflow.tts.schema import read_manifest
 
     manifest = read_manifest(manifest_path)
     manifest = manifest[manifest["id"].isin(qa["id"])]

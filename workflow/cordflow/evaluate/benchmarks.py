@@ -243,19 +243,15 @@ class Benchmark:
 
 def entry_config(entry: dict, where: str = "evaluate.benchmarks[]") -> dict:
     """One ``evaluate.benchmarks`` entry validated against its schema, defaults filled."""
-    import yaml
+    from cordflow.config import schema_part, validate_with_defaults
 
-    from cordflow.config import SCHEMA, _default_extending_validator
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    item = schema["properties"]["evaluate"]["properties"]["benchmarks"]["items"]
     cfg = copy.deepcopy(entry)
-    errors = list(_default_extending_validator()(item).iter_errors(cfg))
+    errors = validate_with_defaults(cfg, schema_part("evaluate", "benchmarks", "items"), where)
     if errors:
-        lines = [f"{'/'.join([where, *map(str, e.absolute_path)])}: {e.message}"
-                 for e in errors]
+        lines = errors
         hint = (" (qa_split takes split, not path; voicebench and mmau take path, not "
-                "split)" if any(e.validator in ("not", "required") for e in errors) else "")
+                "split)" if any("required" in e or "should not be valid" in e
+                                for e in errors) else "")
         raise BenchmarkError(f"invalid benchmark entry{hint}:\n  " + "\n  ".join(lines))
     return cfg
 
@@ -301,7 +297,7 @@ def _qa_split(entry: dict, qa, manifest, where: str) -> tuple[list[dict], list[d
     from tqdm import tqdm
 
     from cordflow.source import read_qa
-    from cordflow.tts import read_manifest
+    from cordflow.tts.schema import read_manifest
 
     if qa is None or manifest is None:
         raise BenchmarkError(f"{where}: a qa_split benchmark needs --qa results/qa/"

@@ -1,118 +1,13 @@
-"""Training methods: CORD, its baselines and ablations (rule ``train``), and the warm-up.
+"""Training: the methods (CORD, its baselines and ablations) and the loop they share.
 
-:func:`run_spec` trains one method spec (:mod:`cordflow.train.methods`) from a starting
-checkpoint on the spoken train split and writes ``out_dir``:
+    methods.py   the method registry: which loss terms each method uses, as data (light:
+                 the Snakefile imports it to build params; no torch here)
+    losses.py    each loss term as a short function with its formula
+    step.py      one training step of a method: inputs -> terms -> weighted sum
+    loop.py      the optimisation loop shared by the base, warmup and train stages
+    run.py       rules ``warmup`` and ``train``: one method spec from a checkpoint to a model
+    rollout.py   rollout engines (who samples on-policy completions)
+    judges.py    the sequence-level reward's judges
 
-    config.json, model.safetensors, ...   the trained model, adapters merged (save_pretrained)
-    adapter/                              the LoRA adapter alone (PEFT save_pretrained)
-    train_log.jsonl, tb/                  per-step metrics (jsonl and TensorBoard)
-    verdicts.jsonl                        the judge's verdict on every rollout (GRPO methods)
-    method.json                           the resolved spec it ran with
-
-The stage ``sft`` (the warm-up) is the ``sft`` method from the base with the ``sft``
-section's budget (:func:`cordflow.train.methods.warmup_spec`).
+Nothing is imported here, so importing :mod:`cordflow.train.methods` stays light.
 """
-
-from __future__ import annotations
-
-import json
-import logging
-import shutil
-from pathlib import Path
-
-from cordflow import data, models
-from cordflow.config import section
-from cordflow.io import atomic_path
-from cordflow.stage import seed_everything
-from cordflow.training import Checkpoints, LoopConfig, StepLog, fit, work_dir
-
-log = logging.getLogger("cordflow.train")
-
-
-def run(params: dict, init_dir: Path, qa_train: Path, manifest: Path, out_dir: Path) -> None:
-    """Rule ``train``: the method spec is in ``params["method"]``."""
-    run_spec(params, params["method"], "train", init_dir, qa_train, manifest, out_dir)
-
-
-def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path,
-             manifest: Path, out_dir: Path) -> None:
-    from cordflow.train.judges import make_judge
-    from cordflow.train.rollout import make_engine
-    from cordflow.train.step import StepContext, Teacher, make_step, step_inputs
-
-    mcfg = section(params, "model")
-    seed = int(params.get("seed", 0))
-    work = work_dir(out_dir, rule, params, [init_dir, qa_train, manifest])
-    work.mkdir(parents=True, exist_ok=True)
-
-    pairs = data.spoken_pairs(qa_train, manifest)
-    seed_everything(seed)  # LoRA init and rollouts: the same for every run of this spec
-    loaded = models.load(init_dir, mcfg)
-    if "lora" in spec["trainable"]:
-        loaded.model = models.add_lora(loaded.model, mcfg["lora"])
-    models.set_trainable(loaded.model, spec["trainable"])
-    teacher_cfg = spec.get("teacher", {"kind": "base"})
-    teacher = Teacher(teacher_cfg["kind"], loaded, teacher_cfg.get("ema_decay", 0.99))
-    judge = make_judge(spec["judge"]) if "judge" in spec else None
-    loop = LoopConfig.from_cfg(spec["loop"])
-    engine = make_engine(spec.get("rollout_engine", "transformers"), loaded)
-    inputs = step_inputs(loaded, pairs.items,
-                         data.Batches(len(pairs), spec["loop"]["batch_size"], seed))
-    ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge)
-    log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d", rule,
-             spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
-             spec["loop"]["batch_size"])
-
-    steplog = StepLog(work / "train_log.jsonl", work / "tb", spec["name"])
-    verdict_log = work / "verdicts.jsonl"
-
-    def flush_verdicts(_step: int) -> None:
-        if ctx.verdicts:
-            with verdict_log.open("a") as f:
-                f.writelines(json.dumps(v, sort_keys=True) + "\n" for v in ctx.verdicts)
-            ctx.verdicts.clear()
-
-    def after_step(step: int) -> None:
-        ctx.engine.sync()
-        teacher.update(step)
-        flush_verdicts(step)
-
-    def load_state(state: dict) -> None:
-        teacher.load_state(state)
-        _truncate_verdicts(verdict_log, state.get("step", 0))
-
-    ckpt = Checkpoints(work / "ckpt")
-    try:
-        fit(loaded.model, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
-            state_fn=teacher.state, load_state_fn=load_state, after_step=after_step)
-    finally:
-        inputs.close()
-        steplog.close()
-
-    with atomic_path(out_dir) as tmp:
-        save_trained(loaded, tmp)
-        (tmp / "method.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-        for name in ("train_log.jsonl", "verdicts.jsonl"):
-            if (work / name).exists():
-                shutil.copy(work / name, tmp / name)
-        shutil.copytree(work / "tb", tmp / "tb")
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def save_trained(loaded: models.Loaded, out_dir: Path) -> None:
-    """The merged model (what evaluation loads) and, with LoRA, the adapter alone."""
-    from peft import PeftModel
-
-    model = loaded.model
-    if isinstance(model, PeftModel):
-        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        model = model.merge_and_unload()
-    models.save(model, loaded.processor, out_dir)
-
-
-def _truncate_verdicts(path: Path, step: int) -> None:
-    """On resume: keep the verdicts of steps up to the checkpoint only."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        path.write_text("".join(x + "\n" for x in keep))
-

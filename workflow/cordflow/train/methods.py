@@ -1,50 +1,87 @@
-"""The training methods as data: which loss terms each uses, with which settings.
+"""The training methods as data: the registry of methods and the loss terms each uses.
 
 A method is resolved from its name and the ``train`` config (:func:`resolve`) into a spec
 that holds exactly the settings that method reads. The spec is the ``train`` rule's params
 for that method's job, so changing a knob reruns only the methods that use it (the GRPO
 temperature does not rerun ``opd``; alpha does not rerun ``grpo``). Light on purpose: the
-Snakefile imports this module to build params (no torch here).
+Snakefile imports this module to build params (no torch, no pandas here).
 
-    sft          off-policy: targets sampled from the starting model's TEXT prompt become
-                 targets for the AUDIO prompt, -sum_t log p(y_t | y_<t, x_a)
-    forward_kl   off-policy: on those text rollouts, sum_t KL(p(.|x_t) || p(.|x_a))
-    opd          on-policy reverse KL on audio rollouts, alpha = beta = 1, no GRPO
-    grpo         sequence loss only (GRPO on the judge reward)
-    opd_grpo     opd + grpo
-    cord         weighted reverse KL (top-K alpha, position beta) + grpo: the paper
-    cord_a<A>_b<B>   cord with alpha = A, beta = B (the sweep), e.g. cord_a1.5_b2
+:data:`METHODS` is the one list of methods: the config schema's pattern for
+``train.methods`` (:func:`name_pattern`), the CLI's help and the README are checked
+against it by tests/test_registries.py. A new method is one :class:`Method` entry here
+(plus, if it needs a new loss term, that term in ``train/step.py`` and its formula in
+``train/losses.py``); README "Extending cordflow" has the checklist.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 
-BASE_METHODS = ("sft", "forward_kl", "opd", "grpo", "opd_grpo", "cord")
-SWEEP = re.compile(r"^cord_a(?P<alpha>[0-9]+(?:\.[0-9]+)?)_b(?P<beta>[0-9]+(?:\.[0-9]+)?)$")
 LOOP_KEYS = ("steps", "lr", "batch_size", "warmup_steps", "schedule", "min_lr_ratio",
              "weight_decay", "grad_clip", "ckpt_every")
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
-# name -> (off-policy loss, token level, sequence level, fixed token weights)
-_TERMS = {
-    "sft": ("nll", False, False, None),
-    "forward_kl": ("forward_kl", False, False, None),
-    "opd": (None, True, False, (1.0, 1.0)),
-    "grpo": (None, False, True, None),
-    "opd_grpo": (None, True, True, (1.0, 1.0)),
-    "cord": (None, True, True, None),
-}
+
+@dataclass(frozen=True)
+class Method:
+    """One training method: which loss terms it uses, with which fixed settings.
+
+    ``offpolicy``: the off-policy loss on text-prompt targets (``nll`` or ``forward_kl``),
+    or None; ``token`` / ``sequence``: whether the token-level reverse KL / the
+    sequence-level GRPO term are in the loss; ``token_weights``: (alpha, beta) fixed by the
+    method (None: from ``train.token``); ``sweep``: whether ``<name>_a<A>_b<B>`` names
+    this method with alpha = A, beta = B."""
+
+    name: str
+    summary: str
+    offpolicy: str | None = None
+    token: bool = False
+    sequence: bool = False
+    token_weights: tuple[float, float] | None = None
+    sweep: bool = False
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("sft", "the warm-up continued: -sum_t log p(y_t | y_<t, x_a) on text-prompt "
+           "targets", offpolicy="nll"),
+    Method("forward_kl", "off-policy: on text rollouts, sum_t KL(p(.|x_t) || p(.|x_a))",
+           offpolicy="forward_kl"),
+    Method("opd", "on-policy reverse KL on audio rollouts, alpha = beta = 1, no GRPO",
+           token=True, token_weights=(1.0, 1.0)),
+    Method("grpo", "sequence loss only (GRPO on the judge reward)", sequence=True),
+    Method("opd_grpo", "opd + grpo", token=True, sequence=True, token_weights=(1.0, 1.0)),
+    Method("cord", "weighted reverse KL (top-K alpha, position beta) + grpo: the paper",
+           token=True, sequence=True, sweep=True),
+)}
+BASE_METHODS = tuple(METHODS)
+
+
+def name_pattern() -> str:
+    """The regular expression of every valid method name (the schema's pattern)."""
+    names = "|".join(METHODS)
+    sweeps = "|".join(f"{m.name}_a{_NUMBER}_b{_NUMBER}" for m in METHODS.values() if m.sweep)
+    return f"^({names}|{sweeps})$" if sweeps else f"^({names})$"
+
+
+def parse(name: str) -> tuple[Method, tuple[float, float] | None]:
+    """The registry entry of ``name`` and the (alpha, beta) a sweep name sets (or None)."""
+    if name in METHODS:
+        return METHODS[name], None
+    for m in METHODS.values():
+        sweep = re.fullmatch(f"{m.name}_a(?P<alpha>{_NUMBER})_b(?P<beta>{_NUMBER})", name)
+        if m.sweep and sweep:
+            return m, (float(sweep["alpha"]), float(sweep["beta"]))
+    sweeps = [f"{m.name}_a<alpha>_b<beta>" for m in METHODS.values() if m.sweep]
+    raise ValueError(f"train.methods: unknown method '{name}'; known: {list(METHODS)} and "
+                     f"{', '.join(sweeps)}")
 
 
 def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
     """The spec of method ``name`` under the (defaults-filled) ``train`` section."""
-    sweep = SWEEP.match(name)
-    kind = "cord" if sweep else name
-    if kind not in _TERMS:
-        raise ValueError(f"train.methods: unknown method '{name}'; known: {list(BASE_METHODS)} "
-                         "and cord_a<alpha>_b<beta>")
-    offpolicy, token, sequence, fixed = _TERMS[kind]
+    method, sweep = parse(name)
+    kind, offpolicy, token, sequence = method.name, method.offpolicy, method.token, method.sequence
     spec: dict = {
         "name": name,
         "kind": kind,
@@ -56,16 +93,16 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
         spec["rollout_engine"] = train["rollout_engine"]
     if offpolicy:
         spec["offpolicy"] = {"loss": offpolicy, **train["offpolicy"]}
-    if kind != "sft":
+    if offpolicy != "nll":  # sft's targets come from the starting weights, not a teacher
         spec["teacher"] = copy.deepcopy(train["teacher"])
         if spec["teacher"]["kind"] != "ema":
             spec["teacher"].pop("ema_decay", None)
     if token:
         tok = copy.deepcopy(train["token"])
-        if fixed:
-            tok["alpha"], tok["beta"] = fixed
+        if method.token_weights:
+            tok["alpha"], tok["beta"] = method.token_weights
         if sweep:
-            tok["alpha"], tok["beta"] = float(sweep["alpha"]), float(sweep["beta"])
+            tok["alpha"], tok["beta"] = sweep
         if not sequence:
             tok["rollouts"] = "separate"  # nothing to reuse
         if tok["rollouts"] == "reuse":
@@ -84,16 +121,17 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
     return spec
 
 
-def warmup_spec(sft: dict) -> dict:
-    """The ``sft`` stage (the warm-up) as a spec: the sft method from the base, with the
-    ``sft`` section's own budget and targets."""
+def warmup_spec(warmup: dict) -> dict:
+    """The ``warmup`` stage as a spec: the sft method from the base, with the ``warmup``
+    section's own budget and targets."""
     return {
         "name": "warmup",
         "kind": "sft",
         "init": "base",
-        "loop": {k: sft[k] for k in LOOP_KEYS},
-        "trainable": list(sft["trainable"]),
-        "offpolicy": {"loss": "nll", "targets": sft["targets"], "temperature": sft["temperature"]},
+        "loop": {k: warmup[k] for k in LOOP_KEYS},
+        "trainable": list(warmup["trainable"]),
+        "offpolicy": {"loss": "nll", "targets": warmup["targets"],
+                      "temperature": warmup["temperature"]},
     }
 
 

@@ -1,6 +1,6 @@
-"""Stage ``tts``: the questions spoken, as 16 kHz mono FLAC clips and a manifest.
+"""Speech synthesis: the questions spoken, as 16 kHz mono FLAC clips and a manifest.
 
-Three rules. ``tts_plan`` (a checkpoint) deals the items of every QA table to
+Three rules (there is no single ``tts`` rule; ``tts`` is the config section they read). ``tts_plan`` (a checkpoint) deals the items of every QA table to
 ``tts.n_shards`` plans by a hash of the id (``plan/{k}.parquet``: ``id``, ``split``,
 ``spoken``); a new question changes one plan, and unchanged plans keep their bytes, so
 only that shard runs again. ``tts_shard`` speaks one plan into the content-addressed store
@@ -38,11 +38,18 @@ fails. Downstream stages read the manifest with ``read_manifest(path, usable=Tru
 
 from __future__ import annotations
 
-
-
-from cordflow.tts.schema import CLIP_SCHEMA, PLAN_SCHEMA, read_clips, read_manifest, usable
-
 __all__ = ["CLIP_SCHEMA", "PLAN_SCHEMA", "read_clips", "read_manifest", "tts_config", "usable"]
+_FROM_SCHEMA = {"CLIP_SCHEMA", "PLAN_SCHEMA", "read_clips", "read_manifest", "usable"}
+
+
+def __getattr__(name: str):
+    """The table contract from :mod:`cordflow.tts.schema`, imported on first use (pandas),
+    so the DAG's import of :mod:`cordflow.tts.backends` stays light."""
+    if name in _FROM_SCHEMA:
+        from cordflow.tts import schema
+
+        return getattr(schema, name)
+    raise AttributeError(f"module 'cordflow.tts' has no attribute {name!r}")
 
 
 def tts_config(params: dict) -> dict:

@@ -28,7 +28,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-BACKENDS = ("espeak", "coqui")
+# The backend registry: ``tts.backend`` value -> the class (imported only when used, so an
+# environment needs only the packages of the backend it runs) and -> the conda environment
+# (envs/<env>.yaml) its ``tts_shard`` jobs run in. A new backend is one entry in each, a
+# module with its Backend subclass, and the schema's ``tts.backend`` enum (README
+# "Extending cordflow"; tests/test_registries.py keeps them in step).
+BACKEND_CLASSES: dict[str, str] = {
+    "espeak": "cordflow.tts.espeak:EspeakBackend",
+    "coqui": "cordflow.tts.coqui:CoquiBackend",
+}
+BACKEND_ENVS: dict[str, str] = {
+    "espeak": "tts",
+    "coqui": "coqui",
+}
+BACKENDS = tuple(BACKEND_CLASSES)
 
 
 class BackendError(RuntimeError):
@@ -112,14 +125,11 @@ class Backend(abc.ABC):
 def get_backend(tts_cfg: dict) -> Backend:
     """The backend ``tts_cfg["backend"]`` names, constructed. Backends import lazily, so
     an environment only needs the packages of the backend it runs."""
+    import importlib
+
     name = tts_cfg.get("backend", "espeak")
-    if name == "espeak":
-        from cordflow.tts.espeak import EspeakBackend
-
-        return EspeakBackend(tts_cfg)
-    if name == "coqui":
-        from cordflow.tts.coqui import CoquiBackend
-
-        return CoquiBackend(tts_cfg)
-    raise BackendError(f"config key 'tts.backend': unknown backend {name!r}; "
-                       f"use one of {', '.join(BACKENDS)}")
+    if name not in BACKEND_CLASSES:
+        raise BackendError(f"config key 'tts.backend': unknown backend {name!r}; "
+                           f"use one of {', '.join(BACKENDS)}")
+    module, cls = BACKEND_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(tts_cfg)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cordflow.training import Checkpoints, LoopConfig, NonFiniteLoss, StepLog, fit, lr_at
+from cordflow.train.loop import Checkpoints, LoopConfig, NonFiniteLoss, StepLog, fit, lr_at
 
 
 class Crash(Exception):

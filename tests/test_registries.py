@@ -1,0 +1,114 @@
+"""The extension registries and everything that names their entries agree.
+
+Each extension point is one registry (README "Extending cordflow"): methods
+(cordflow.train.methods.METHODS), TTS backends (cordflow.tts.backends.BACKEND_CLASSES and
+BACKEND_ENVS). The config schema's enums and patterns, the rules' environments and the CLI
+are checked against them here, so adding an entry without its checklist fails a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cordflow.cli import app
+from cordflow.config import load_config, upgrade_config
+from cordflow.train import methods
+from cordflow.tts import backends
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+README = (REPO / "README.md").read_text()
+
+
+def _train_props() -> dict:
+    return SCHEMA["properties"]["train"]["allOf"][0]["properties"]
+
+
+# -- methods ---------------------------------------------------------------------------
+def test_schema_method_pattern_is_the_registry_pattern():
+    assert _train_props()["methods"]["items"]["pattern"] == methods.name_pattern()
+
+
+@pytest.mark.parametrize("name", [*methods.METHODS, "cord_a1.5_b2", "cord_a2_b1"])
+def test_every_name_the_schema_accepts_resolves(name):
+    assert re.fullmatch(methods.name_pattern(), name)
+    train = load_config(REPO / "config" / "config.yaml")["train"]
+    spec = methods.resolve(name, train)
+    assert spec["name"] == name and spec["kind"] in methods.METHODS
+
+
+@pytest.mark.parametrize("name", ["grpo_a1_b1", "sft_a2_b2", "cord_a_b1", "CORD", "kd"])
+def test_names_resolve_rejects_the_schema_rejects_too(name):
+    """A sweep suffix is only for methods marked sweep: schema and resolve agree."""
+    assert not re.fullmatch(methods.name_pattern(), name)
+    with pytest.raises(ValueError, match="unknown method"):
+        methods.resolve(name, load_config(REPO / "config" / "config.yaml")["train"])
+    with pytest.raises(ValueError, match="config key 'train/methods/0'"):
+        load_config(REPO / "config" / "config.yaml", {"train": {"methods": [name]}})
+
+
+def test_each_method_spec_carries_exactly_its_terms():
+    train = load_config(REPO / "config" / "config.yaml")["train"]
+    for m in methods.METHODS.values():
+        spec = methods.resolve(m.name, train)
+        assert ("offpolicy" in spec) == bool(m.offpolicy), m.name
+        assert ("token" in spec) == m.token, m.name
+        assert ("sequence" in spec) == m.sequence, m.name
+        if m.token_weights:
+            assert (spec["token"]["alpha"], spec["token"]["beta"]) == m.token_weights
+
+
+def test_cli_and_readme_name_every_method():
+    help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+    for name in methods.METHODS:
+        assert name in help_text, f"`cordflow train --help` does not list method {name}"
+        assert f"`{name}`" in README, f"README does not describe method `{name}`"
+
+
+# -- TTS backends ------------------------------------------------------------------------
+def test_schema_backend_enum_is_the_registry():
+    assert SCHEMA["properties"]["tts"]["properties"]["backend"]["enum"] == list(
+        backends.BACKEND_CLASSES)
+    assert set(backends.BACKEND_ENVS) == set(backends.BACKEND_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(backends.BACKEND_CLASSES))
+def test_every_backend_names_a_backend_class_and_an_env_file(name):
+    module, cls = backends.BACKEND_CLASSES[name].split(":")
+    klass = getattr(importlib.import_module(module), cls)
+    assert issubclass(klass, backends.Backend) and klass.name == name
+    assert (REPO / "envs" / f"{backends.BACKEND_ENVS[name]}.yaml").is_file()
+
+
+def test_unknown_backend_names_the_key():
+    with pytest.raises(backends.BackendError, match="config key 'tts.backend'"):
+        backends.get_backend({"backend": "festival"})
+
+
+# -- deprecated names ---------------------------------------------------------------------
+def test_old_sft_section_is_read_as_warmup_with_a_warning(tmp_path):
+    old = tmp_path / "old.yaml"
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["sft"] = cfg.pop("warmup")
+    cfg["sft"]["lr"] = 0.0042
+    cfg["train"]["teacher"] = {"kind": "base"}
+    old.write_text(yaml.safe_dump(cfg))
+    with pytest.warns(FutureWarning) as caught:
+        upgraded = load_config(old)
+    assert "sft" not in upgraded and upgraded["warmup"]["lr"] == 0.0042
+    assert upgraded["train"]["teacher"]["kind"] == "init"
+    messages = [str(w.message) for w in caught]
+    assert any("'sft' is deprecated" in m for m in messages), messages
+    assert any("teacher.kind: base is deprecated" in m for m in messages), messages
+
+
+def test_an_old_sft_overlay_overrides_the_default_warmup():
+    cfg = {"warmup": {"steps": 300, "lr": 0.001}, "sft": {"lr": 0.5}}
+    notes = upgrade_config(cfg)
+    assert cfg == {"warmup": {"steps": 300, "lr": 0.5}} and len(notes) == 1
