@@ -8,7 +8,7 @@ CORES ?= all
 # Jobs call `python -m cordflow`: the venv's python comes first on their PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup lint envs clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ test: setup coqui-env
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check workflow tests benchmarks
+	$(BIN)/python -m cordflow.envfiles --check
+
+# envs/{data,tts,train,eval}.yaml from pyproject.toml's pins (edit those, then run this).
+envs: setup
+	$(BIN)/python -m cordflow.envfiles
 
 clean:
 	rm -rf results logs .snakemake
