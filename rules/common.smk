@@ -23,7 +23,13 @@ envvars:
 
 from snakemake.utils import validate
 
-from cordflow.config import benchmark_params, code_version, dumps, rule_params, upgrade_config
+from cordflow.config import (
+    benchmark_params,
+    code_version,
+    dumps,
+    rule_params,
+    upgrade_config,
+)
 from cordflow.train.methods import method_params
 from cordflow.tts.backends import BACKEND_ENVS
 

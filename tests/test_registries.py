@@ -112,3 +112,18 @@ def test_an_old_sft_overlay_overrides_the_default_warmup():
     cfg = {"warmup": {"steps": 300, "lr": 0.001}, "sft": {"lr": 0.5}}
     notes = upgrade_config(cfg)
     assert cfg == {"warmup": {"steps": 300, "lr": 0.5}} and len(notes) == 1
+
+
+# -- rollout engines -------------------------------------------------------------------
+def test_schema_engine_enum_is_the_registry():
+    from cordflow.train.rollout import ENGINES
+
+    assert _train_props()["rollout_engine"]["enum"] == list(ENGINES)
+
+
+def test_every_engine_implements_the_interface():
+    from cordflow.train.rollout import ENGINES
+
+    for name, engine in ENGINES.items():
+        assert callable(getattr(engine, "generate", None)), name
+        assert callable(getattr(engine, "sync", None)), name

@@ -14,7 +14,6 @@ from typing import Protocol
 
 from cordflow import models
 
-ENGINES = ("transformers",)
 
 
 class RolloutEngine(Protocol):
@@ -40,8 +39,16 @@ class TransformersEngine:
         """Nothing to do: it samples from the weights being trained."""
 
 
+# The engine registry: ``train.rollout_engine`` value -> class. A new engine is a class
+# with ``generate`` and ``sync`` (:class:`RolloutEngine`), its entry here and the schema's
+# enum (README "Extending cordflow"; tests/test_registries.py keeps them in step).
+ENGINES: dict[str, type] = {
+    "transformers": TransformersEngine,
+}
+
+
 def make_engine(name: str, loaded: models.Loaded) -> RolloutEngine:
-    if name == "transformers":
-        return TransformersEngine(loaded)
-    raise SystemExit(f"train.rollout_engine '{name}' is not available in this build (engines: "
-                     f"{', '.join(ENGINES)}); see README 'The method'")
+    if name not in ENGINES:
+        raise SystemExit(f"config key 'train.rollout_engine': '{name}' is not an engine of "
+                         f"this build ({', '.join(ENGINES)}); see README 'The method'")
+    return ENGINES[name](loaded)
