@@ -127,3 +127,35 @@ def test_every_engine_implements_the_interface():
     for name, engine in ENGINES.items():
         assert callable(getattr(engine, "generate", None)), name
         assert callable(getattr(engine, "sync", None)), name
+
+
+# -- stages (rules) ------------------------------------------------------------------------
+def _rule_blocks() -> dict[str, str]:
+    """rule name -> its text, for every rule/checkpoint in rules/*.smk."""
+    blocks = {}
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):\n", path.read_text(), flags=re.M)
+        blocks.update(zip(parts[1::2], parts[2::2]))
+    return blocks
+
+
+def test_every_stage_has_its_checklist():
+    """README "Extending cordflow", a new stage: a rule with log, conda and a shell that
+    calls its `cordflow` command; its config slice and code in cordflow.config; its threads
+    and resources in the workflow profile."""
+    from cordflow.config import RULE_CODE, RULE_KEYS
+
+    blocks = _rule_blocks()
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    commands = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    assert set(blocks) == set(RULE_KEYS) == set(RULE_CODE)
+    for rule, text in blocks.items():
+        command = rule.replace("_", "-")
+        assert command in commands, f"no `cordflow {command}` command for rule {rule}"
+        assert f"python -m cordflow {command} " in text, rule
+        for directive in ("log:", "conda:", "params:"):
+            assert f"    {directive}" in text, f"rule {rule} has no {directive}"
+        assert f"code=code_version(\"{rule}\")" in text, f"rule {rule}: no code param"
+        assert rule in profile["set-threads"] and rule in profile["set-resources"], rule
+        for key in RULE_KEYS[rule]:
+            assert key.split(".")[0] in SCHEMA["properties"], f"{rule} reads unknown {key}"
