@@ -300,6 +300,9 @@ def test_validate_crate_catches_broken_crates(run):
     doc["@graph"].remove(target)
     metadata.write_text(json.dumps(doc))
     assert any("results/qa/train.parquet does not resolve" in p for p in crate.validate_crate(c))
+    doc["@graph"] += [target, target]
+    metadata.write_text(json.dumps(doc))
+    assert "id results/qa/train.parquet is defined more than once" in crate.validate_crate(c)
     clip = store_clips(c)[0]
     clip.unlink()
     clip.write_bytes(b"other audio")  # a new file: the results' copy is left alone

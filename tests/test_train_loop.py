@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from cordflow.io import keep_jsonl_rows
 from cordflow.train.loop import Checkpoints, LoopConfig, NonFiniteLoss, StepLog, fit, lr_at
 
 
@@ -95,3 +96,30 @@ def test_an_eval_bar_stops_early_and_is_logged(tmp_path):
     assert calls == [2, 4] and res.stopped_early and res.steps == 4
     last = json.loads((tmp_path / "l.jsonl").read_text().splitlines()[-1])
     assert last["acc"] == 0.4 and "time_backward" in last and "grad_norm" in last
+
+
+def test_resume_drops_only_this_phases_rows_after_the_checkpoint(tmp_path):
+    text = StepLog(tmp_path / "log.jsonl", None, "text")
+    for step in range(1, 4):
+        text.write(step, {"loss": 1.0})
+    audio = StepLog(tmp_path / "log.jsonl", None, "audio")
+    for step in range(1, 5):
+        audio.write(step, {"loss": 2.0})
+    audio.truncate_after(2)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in rows] == [
+        ("text", 1), ("text", 2), ("text", 3), ("audio", 1), ("audio", 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # no temp leftovers
+    StepLog(tmp_path / "none.jsonl", None, "text").truncate_after(1)
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_keep_jsonl_rows_keeps_the_accepted_lines_in_order(tmp_path):
+    path = tmp_path / "verdicts.jsonl"
+    lines = [json.dumps({"step": s, "reward": r}, sort_keys=True) for s, r in
+             [(1, 0), (1, 1), (2, 1), (3, 0)]]
+    path.write_text("".join(x + "\n" for x in lines))
+    keep_jsonl_rows(path, lambda row: row["step"] <= 2)
+    assert path.read_text() == "".join(x + "\n" for x in lines[:3])
+    keep_jsonl_rows(path, lambda row: False)
+    assert path.read_text() == ""

@@ -169,8 +169,15 @@ class Auditor:
         return read_record(rp)
 
     @staticmethod
-    def _base(artifact: Path, rec: dict[str, Any]) -> Path:
-        """The working directory the job ran in, as seen from where the record lies now."""
+    def record_base(artifact: Path, rec: dict[str, Any]) -> Path:
+        """The working directory the job that wrote ``artifact`` ran in, as seen from where
+        the artifact lies now: the paths in its record ``rec`` (inputs, outputs, companions)
+        are relative to it (see :meth:`resolve`).
+
+        A record names the artifact by the path the job wrote it at; when that path is
+        relative and ``artifact`` ends with it, the base is what precedes it (so a results
+        folder moved or copied elsewhere still resolves). Otherwise it is the recorded
+        ``cwd`` (or, for an old record without one, the current directory)."""
         recorded = Path(os.path.normpath(rec["artifact"]))
         if not recorded.is_absolute():
             parts = recorded.parts
@@ -179,7 +186,9 @@ class Auditor:
         return norm(rec.get("cwd") or os.getcwd())
 
     @staticmethod
-    def _resolve(base: Path, path: str) -> Path:
+    def resolve(base: Path, path: str) -> Path:
+        """A path from a record (absolute, or relative to the job's working directory
+        ``base``, from :meth:`record_base`) as a normalised absolute path."""
         p = Path(path)
         return norm(p if p.is_absolute() else base / p)
 
@@ -211,9 +220,9 @@ class Auditor:
                         rec = read_record(rp)
                     except ValueError:
                         continue  # reported when that artifact is checked
-                    base = self._base(artifact, rec)
+                    base = self.record_base(artifact, rec)
                     for c in rec.get("companions") or []:
-                        self._companions.setdefault(self._resolve(base, c["path"]), artifact)
+                        self._companions.setdefault(self.resolve(base, c["path"]), artifact)
         return self._companions
 
     # -- checks ----------------------------------------------------------------------
@@ -240,7 +249,7 @@ class Auditor:
         node = Node(path, "artifact", rule=rec.get("rule"), record=rec)
         self._nodes[path] = node
         self.records[path] = rec
-        base = self._base(path, rec)
+        base = self.record_base(path, rec)
         self._check_content(node, path, rec)
         self._check_companions(node, base, rec)
         for entry in rec.get("inputs") or []:
@@ -281,7 +290,7 @@ class Auditor:
         companions = rec.get("companions") or []
         if not companions:
             return
-        paths = [self._resolve(base, c["path"]) for c in companions]
+        paths = [self.resolve(base, c["path"]) for c in companions]
         self.hashes.prefetch(paths)
         bad = 0
         rule = rec.get("rule")
@@ -304,7 +313,7 @@ class Auditor:
     def _check_input(self, node: Node, consumer: Path, base: Path,
                      entry: dict[str, Any]) -> Node:
         """The input's node; problems go on it (the consumer's own content may be fine)."""
-        p = self._resolve(base, entry["path"])
+        p = self.resolve(base, entry["path"])
         cov = self.owner(p)
         child = self._covered_child(p, cov) if cov is not None else Node(p, "source")
         made = f"{shown(consumer)} (rule {node.rule})"
@@ -426,8 +435,8 @@ def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()
         if rec.get("type") == "directory":
             covered.update(artifact / rel for rel in rec.get("files") or {})
             covered.update(artifact / name for name in ENGINE_FILES)
-        base = auditor._base(artifact, rec)
-        covered.update(auditor._resolve(base, c["path"]) for c in rec.get("companions") or [])
+        base = auditor.record_base(artifact, rec)
+        covered.update(auditor.resolve(base, c["path"]) for c in rec.get("companions") or [])
     for f in files:
         if is_record(f) or f in covered:
             continue

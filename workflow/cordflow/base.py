@@ -60,58 +60,24 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
     model.to(device)
     loaded = models.Loaded(model, processor, device, mcfg["system_prompt"], mcfg["instruction"])
     steplog = StepLog(work / "train_log.jsonl", work / "tb", "text")
-    metrics: dict = {}
     eval_bs = cfg["eval_batch_size"]
     max_new = mcfg["max_new_tokens"]
 
-    # (a) text pre-training, to the held-out text bar
+    # (a) text pre-training, to the held-out text bar (once: a rerun loads its result)
     text_done = work / "text_done"
     if text_done.is_dir():
         log.info("text phase already done in %s: loading it", text_done)
         loaded = models.load(text_done, mcfg)
-        model = loaded.model
         metrics = json.loads((text_done / "metrics.json").read_text())
     else:
-        models.set_trainable(model, ["lm"])
-        tcfg = cfg["text"]
-        batches = data.Batches(len(text_train), tcfg["batch_size"], seed)
-
-        def text_step(step: int):
-            rows = text_train.iloc[batches(step)]
-            loss = target_nll(loaded, models.encode_text(loaded, list(rows["question"])),
-                              list(rows["answer"]))
-            return loss, {}
-
-        def text_eval(step: int):
-            acc = infer.accuracy(loaded, bar_items, "text", eval_bs, max_new)
-            log.info("text phase step %d: held-out text accuracy %.3f", step, acc)
-            return {"heldout_text_acc": acc}, acc >= tcfg["bar"]
-
-        res = fit(model, LoopConfig.from_cfg(tcfg), text_step, Checkpoints(work / "ckpt-text"),
-                  steplog, "base: text", eval_fn=text_eval, eval_every=tcfg["eval_every"])
-        acc = res.last.get("heldout_text_acc", float("nan"))
-        if not acc >= tcfg["bar"]:
-            raise SystemExit(
-                f"base: held-out text accuracy {acc:.3f} after {res.steps} steps is below "
-                f"base.text.bar = {tcfg['bar']}; raise base.text.steps or lr, or lower the bar")
-        metrics["text_phase"] = {"steps": res.steps, "heldout_text_acc": acc}
+        metrics = {"text_phase": text_phase(loaded, cfg, max_new, text_train, bar_items, seed,
+                                            work, steplog)}
         with atomic_path(text_done) as tmp:
-            models.save(model, processor, tmp)
+            models.save(loaded.model, processor, tmp)
             (tmp / "metrics.json").write_text(json.dumps(metrics))
 
     # (b) audio alignment, LM frozen
-    acfg = cfg["audio"]
-    models.set_trainable(model, ["audio"])
-    batches = data.Batches(len(audio_train), acfg["batch_size"], seed + 1)
-    steplog.phase = "audio"
-
-    def audio_step(step: int):
-        rows = audio_train.iloc[batches(step)]
-        loss = target_nll(loaded, infer.prompts(loaded, rows, "audio"), list(rows["answer"]))
-        return loss, {}
-
-    fit(model, LoopConfig.from_cfg(acfg), audio_step, Checkpoints(work / "ckpt-audio"), steplog,
-        "base: audio")
+    audio_phase(loaded, cfg["audio"], audio_train, seed, work, steplog)
     steplog.close()
 
     text_acc = infer.accuracy(loaded, text_test, "text", eval_bs, max_new)
@@ -121,11 +87,61 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
     log.info("base: held-out text accuracy %.3f, audio accuracy %.3f (a gap of %.3f)",
              text_acc, audio_acc, text_acc - audio_acc)
     with atomic_path(out_dir) as tmp:
-        models.save(model, processor, tmp)
+        models.save(loaded.model, processor, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         shutil.copy(work / "train_log.jsonl", tmp / "train_log.jsonl")
         shutil.copytree(work / "tb", tmp / "tb")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def text_phase(loaded: models.Loaded, cfg: dict, max_new: int, text_train, bar_items,
+               seed: int, work: Path, steplog: StepLog) -> dict:
+    """Phase (a): train the language model of ``loaded`` on text prompts -> gold answers
+    until the held-out text accuracy on ``bar_items`` (checked every ``eval_every`` steps)
+    reaches ``base.text.bar``; fail if the step budget ends below it. ``cfg``: the ``base``
+    section. Returns the phase's steps and final held-out text accuracy."""
+    models.set_trainable(loaded.model, ["lm"])
+    tcfg = cfg["text"]
+    batches = data.Batches(len(text_train), tcfg["batch_size"], seed)
+
+    def text_step(step: int):
+        rows = text_train.iloc[batches(step)]
+        loss = target_nll(loaded, models.encode_text(loaded, list(rows["question"])),
+                          list(rows["answer"]))
+        return loss, {}
+
+    def text_eval(step: int):
+        acc = infer.accuracy(loaded, bar_items, "text", cfg["eval_batch_size"], max_new)
+        log.info("text phase step %d: held-out text accuracy %.3f", step, acc)
+        return {"heldout_text_acc": acc}, acc >= tcfg["bar"]
+
+    res = fit(loaded.model, LoopConfig.from_cfg(tcfg), text_step,
+              Checkpoints(work / "ckpt-text"), steplog, "base: text", eval_fn=text_eval,
+              eval_every=tcfg["eval_every"])
+    acc = res.last.get("heldout_text_acc", float("nan"))
+    if not acc >= tcfg["bar"]:
+        raise SystemExit(
+            f"base: held-out text accuracy {acc:.3f} after {res.steps} steps is below "
+            f"base.text.bar = {tcfg['bar']}; raise base.text.steps or lr, or lower the bar")
+    return {"steps": res.steps, "heldout_text_acc": acc}
+
+
+def audio_phase(loaded: models.Loaded, acfg: dict, audio_train, seed: int, work: Path,
+                steplog: StepLog) -> None:
+    """Phase (b): align the audio encoder and projector of ``loaded`` (the language model
+    frozen) on the spoken train questions for ``acfg["steps"]`` steps (``acfg``: the
+    ``base.audio`` section); logged as phase ``audio`` in ``steplog``."""
+    models.set_trainable(loaded.model, ["audio"])
+    batches = data.Batches(len(audio_train), acfg["batch_size"], seed + 1)
+    steplog.phase = "audio"
+
+    def audio_step(step: int):
+        rows = audio_train.iloc[batches(step)]
+        loss = target_nll(loaded, infer.prompts(loaded, rows, "audio"), list(rows["answer"]))
+        return loss, {}
+
+    fit(loaded.model, LoopConfig.from_cfg(acfg), audio_step, Checkpoints(work / "ckpt-audio"),
+        steplog, "base: audio")
 
 
 def target_nll(loaded: models.Loaded, prompt: dict, answers: list[str]) -> torch.Tensor:

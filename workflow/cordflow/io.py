@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextmanager
@@ -39,6 +40,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def keep_jsonl_rows(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite the JSON-lines file at ``path``, atomically, with only the lines whose row
+    ``keep(row)`` accepts, in their order (a missing file stays missing). On resume a
+    training run uses it to drop what it logged after the checkpoint it resumes from."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if keep(json.loads(line))]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
 def write_parquet(df, path: str | Path) -> None:
     """Write a pandas DataFrame as parquet, atomically, byte-stable for identical data."""
     import pyarrow as pa
@@ -58,6 +70,3 @@ def sha256_file(path: str | Path, bufsize: int = 1 << 20) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

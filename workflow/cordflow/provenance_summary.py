@@ -43,9 +43,9 @@ def rows(targets: Iterable[str | Path], results_dir: str | Path = "results") -> 
         for artifact in todo:
             done.add(artifact)
             rec = auditor.records[artifact]
-            base = auditor._base(artifact, rec)
+            base = auditor.record_base(artifact, rec)
             for sibling in rec.get("outputs") or []:
-                auditor.artifact(auditor._resolve(base, sibling))
+                auditor.artifact(auditor.resolve(base, sibling))
     out = []
     for artifact, rec in sorted(auditor.records.items()):
         code = rec.get("code") or {}

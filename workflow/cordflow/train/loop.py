@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from cordflow.io import atomic_path
+from cordflow.io import atomic_path, keep_jsonl_rows
 
 log = logging.getLogger("cordflow.training")
 
@@ -167,15 +167,10 @@ class StepLog:
                     self.tb.add_scalar(f"{self.phase}/{k}", v, step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop rows of this phase logged after the checkpoint's step."""
-        if not self.path.exists():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("phase") != self.phase or row["step"] <= step:
-                keep.append(line)
-        self.path.write_text("".join(x + "\n" for x in keep))
+        """On resume: drop rows of this phase logged after the checkpoint's step (rows of
+        other phases, e.g. an earlier phase of the same stage, stay)."""
+        keep_jsonl_rows(self.path, lambda row: row.get("phase") != self.phase
+                        or row["step"] <= step)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -222,52 +217,16 @@ def fit(
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas)
-
-    start, resumed = 0, None
-    if (latest := ckpt.latest()) is not None:
-        start, extra = ckpt.load(latest, named, opt)
-        resumed = start
-        if load_state_fn is not None:
-            load_state_fn(extra)
-        steplog.truncate_after(start)
-        log.info("%s: resumed from %s (step %d of %d)", desc, latest, start, cfg.steps)
+    opt = _optimizer(params, cfg)
+    resumed = _resume(ckpt, named, opt, steplog, load_state_fn, desc, cfg.steps)
+    start = resumed if resumed is not None else 0
 
     result = FitResult(steps=start, resumed_from=resumed)
     bar = _progress(cfg.steps, start, desc)
     model.train()
     try:
         for step in range(start, cfg.steps):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            t0 = time.perf_counter()
-            loss, metrics = step_fn(step)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"{desc}: loss is {loss.item()} at step {step} (terms: "
-                    f"{ {k: v for k, v in metrics.items() if 'loss' in k} }); stopping. Lower "
-                    "the learning rate or raise grad_clip strictness; the last good checkpoint "
-                    f"is in {ckpt.root}")
-            opt.zero_grad(set_to_none=True)
-            t1 = time.perf_counter()
-            loss.backward()
-            t_backward = time.perf_counter() - t1
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "
-                                    "stopping (see the step log for the loss terms)")
-            opt.step()
-            if after_step is not None:
-                after_step(step)
-            metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                       "lr": opt.param_groups[0]["lr"],
-                       "time_step": time.perf_counter() - t0, "time_backward": t_backward,
-                       **metrics}
+            metrics = _optimise(step, cfg, step_fn, opt, params, after_step, desc, ckpt.root)
             done = step + 1
             stop = False
             if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
@@ -287,6 +246,68 @@ def fit(
     finally:
         bar.close()
     return result
+
+
+def _optimizer(params: list[torch.nn.Parameter], cfg: LoopConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable weights; biases and norms (1-d) get no weight decay."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas)
+
+
+def _resume(ckpt: Checkpoints, named: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+            steplog: StepLog, load_state_fn: Callable[[dict[str, Any]], None] | None,
+            desc: str, total: int) -> int | None:
+    """Load the latest checkpoint, if any, into the weights, the optimizer, the torch RNG
+    and (``load_state_fn``) the step's extra state, and drop the log rows written after it;
+    return its step (None: no checkpoint, start from step 0)."""
+    latest = ckpt.latest()
+    if latest is None:
+        return None
+    start, extra = ckpt.load(latest, named, opt)
+    if load_state_fn is not None:
+        load_state_fn(extra)
+    steplog.truncate_after(start)
+    log.info("%s: resumed from %s (step %d of %d)", desc, latest, start, total)
+    return start
+
+
+def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Optimizer,
+              params: list[torch.nn.Parameter], after_step: Callable[[int], None] | None,
+              desc: str, ckpt_root: Path) -> dict[str, float]:
+    """One optimiser step at ``step``: set the scheduled learning rate, run ``step_fn``,
+    backpropagate, clip the gradient of ``params`` (the trainable weights, in the model's
+    order), step, run ``after_step``. A non-finite loss or gradient norm stops training
+    with :class:`NonFiniteLoss`. Returns the step's metrics: loss, grad_norm, lr, timings,
+    then ``step_fn``'s own."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    t0 = time.perf_counter()
+    loss, metrics = step_fn(step)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(
+            f"{desc}: loss is {loss.item()} at step {step} (terms: "
+            f"{ {k: v for k, v in metrics.items() if 'loss' in k} }); stopping. Lower "
+            "the learning rate or raise grad_clip strictness; the last good checkpoint "
+            f"is in {ckpt_root}")
+    opt.zero_grad(set_to_none=True)
+    t1 = time.perf_counter()
+    loss.backward()
+    t_backward = time.perf_counter() - t1
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "
+                            "stopping (see the step log for the loss terms)")
+    opt.step()
+    if after_step is not None:
+        after_step(step)
+    return {"loss": loss.item(), "grad_norm": grad_norm.item(),
+            "lr": opt.param_groups[0]["lr"],
+            "time_step": time.perf_counter() - t0, "time_backward": t_backward,
+            **metrics}
 
 
 def work_dir(out_dir: str | Path, rule: str, params: dict, inputs: list[str | Path]) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cordflow import data, models
 from cordflow.config import section
-from cordflow.io import atomic_path
+from cordflow.io import atomic_path, keep_jsonl_rows
 from cordflow.stage import seed_everything
 from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
 
@@ -79,7 +79,9 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
 
     def load_state(state: dict) -> None:
         teacher.load_state(state)
-        _truncate_verdicts(verdict_log, state.get("step", 0))
+        # Keep the verdicts of steps up to the checkpoint only.
+        step = state.get("step", 0)
+        keep_jsonl_rows(verdict_log, lambda row: row["step"] <= step)
 
     ckpt = Checkpoints(work / "ckpt")
     try:
@@ -108,11 +110,3 @@ def save_trained(loaded: models.Loaded, out_dir: Path) -> None:
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     models.save(model, loaded.processor, out_dir)
-
-
-def _truncate_verdicts(path: Path, step: int) -> None:
-    """On resume: keep the verdicts of steps up to the checkpoint only."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        path.write_text("".join(x + "\n" for x in keep))
-
