@@ -1,26 +1,50 @@
-"""One training step of a method: rollouts, teacher forward, student forward, the loss.
+"""One training step of a method: its batch, its loss terms, their weighted sum.
 
-:class:`Teacher` is the text-conditioned teacher: the same model under the TEXT prompt,
-with the weights its ``kind`` says. :func:`make_step` turns a method spec
-(:mod:`cordflow.train.methods`) into ``step(step_index) -> (loss, metrics)`` for
-:func:`cordflow.training.fit`. Per step, for a batch of B spoken questions:
+:func:`make_step` turns a method spec (:mod:`cordflow.train.methods`) into
+``step(step_index) -> (loss, metrics)`` for :func:`cordflow.train.loop.fit`. A step is::
 
-- off-policy (sft, forward_kl): targets y ~ p(. | x_t) from the teacher (the STARTING
-  weights by default, always for sft), or the gold answers; sft: L = -(1/B) sum_i sum_t log p(y_t | y_<t, x_a); forward_kl:
-  L = (1/B) sum_i sum_t KL(p(.|y_<t, x_t) || p(.|y_<t, x_a)).
-- token level (opd, opd_grpo, cord): one rollout y ~ p(. | x_a) per question at
-  token.temperature (or the GRPO rollouts, token.rollouts = reuse); D_t = full-vocabulary
-  reverse KL to the teacher on the same prefix; L_tok = losses.token_loss (top-K alpha,
-  position beta, SUM over tokens, mean over rollouts).
-- sequence level (grpo, opd_grpo, cord): N rollouts per question at sequence.temperature and
+    batch = the step's B spoken questions: audio prompts x_a, text prompts x_t (StepInputs)
+    terms = each loss term the spec has a section for, in the order of TERMS
+    loss  = sum over those terms of weights[term] * L_term   (no weight: counts once)
+
+The terms (:data:`TERMS`; each is a function ``term(spec, ctx, state) -> (loss, metrics)``
+below, its formula a function of :mod:`cordflow.train.losses`):
+
+- ``offpolicy`` (sft, forward_kl): targets y ~ p(. | x_t) from the teacher (this run's
+  starting weights by default, always for sft), or the gold answers. sft:
+  L = -(1/B) sum_i sum_t log p(y_t | y_<t, x_a) (``losses.sft_loss``); forward_kl:
+  L = (1/B) sum_i sum_t KL(p(.|y_<t, x_t) || p(.|y_<t, x_a)) (``losses.forward_kl``,
+  summed by ``losses.token_loss`` with no weighting).
+- ``sequence`` (grpo, opd_grpo, cord): N rollouts per question at sequence.temperature and
   one reference answer y_hat from the teacher's text prompt; r_i = judge(y_i, y_hat);
-  A = r - mean (or / std); L_seq = losses.policy_loss (ratio 1, single update).
-- total = weights.token * L_tok + weights.sequence * L_seq.
+  A = r - mean (or / std) (``losses.group_advantages``); L_seq = ``losses.policy_loss``
+  (ratio 1, single update).
+- ``token`` (opd, opd_grpo, cord): one rollout y ~ p(. | x_a) per question at
+  token.temperature (``token.rollouts: separate``), or the sequence term's rollouts and
+  its student forward (``reuse``); D_t = reverse KL to the teacher on the same prefix (the
+  full vocabulary, or its sampled-token estimate); L_tok = ``losses.token_loss`` (top-K
+  alpha, position beta, SUM over tokens, mean over rollouts).
 
-Metrics per step: each loss term, mean KL per token, top-K share of the KL, reward,
-advantage spread, entropy, rollout length, and the time of generation, teacher forward and
-student forward (the loop adds the backward time). Judge verdicts go to ``verdicts`` (one
-row per rollout) for the rollout log.
+The terms run in the order of :data:`TERMS`, which is the order in which they draw random
+numbers (rollouts): keep it, or every run's results change. The sequence term leaves its
+rollouts and its student forward in the step's :class:`StepState` for a token term that
+reuses them.
+
+Adding a loss term:
+
+1. its formula: a short function in :mod:`cordflow.train.losses` whose docstring gives it;
+2. its term: a function ``<name>_term(spec, ctx, state) -> (loss, metrics)`` here that makes
+   its rollouts and forward passes (timed with ``state.timer``), calls the formula and
+   reports ``loss_<name>`` and what else describes it; then an entry ``"<name>": ...`` in
+   :data:`TERMS` (its place there is when it runs: add it at the end);
+3. a method that uses it: a section ``spec["<name>"]`` (and ``spec["weights"]["<name>"]``)
+   in :func:`cordflow.train.methods.resolve`.
+
+Metrics per step: each term's loss; mean KL per token and the top-K share of the KL; reward,
+advantage spread and the share of groups with mixed rewards; entropy and length of the
+step's main rollouts (the sequence term's when there is one); and the time of input
+preparation, generation, teacher forward and student forward (the loop adds the backward
+time). Judge verdicts go to ``ctx.verdicts`` (one row per rollout) for the rollout log.
 """
 
 from __future__ import annotations
@@ -29,8 +53,8 @@ import contextlib
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,24 +67,28 @@ from cordflow.train import losses
 class Teacher:
     """The same model under the text prompt, no gradient, with the weights of ``kind``:
 
-    - ``base``: the starting weights, frozen: adapters disabled while it runs (free), or a
-      frozen merged copy when LM weights themselves train;
+    - ``init``: this run's starting weights (the checkpoint ``train.init`` names: the
+      warm-up by default), frozen: adapters disabled while it runs (free), or a frozen
+      merged copy when LM weights themselves train;
     - ``live``: the current weights (no gradient through them);
     - ``ema``: an exponential moving average of the current weights (``ema_decay``).
     """
 
+    KINDS = ("init", "live", "ema")
+
     def __init__(self, kind: str, loaded: models.Loaded, ema_decay: float = 0.99):
+        if kind not in self.KINDS:
+            hint = " ('base' is now called 'init')" if kind == "base" else ""
+            raise ValueError(f"teacher kind '{kind}' is not one of {', '.join(self.KINDS)}{hint}")
         self.kind, self.loaded, self.decay = kind, loaded, ema_decay
         self.copy: torch.nn.Module | None = None
-        if kind == "ema" or (kind == "base" and models.lm_trainable(loaded.model)):
+        if kind == "ema" or (kind == "init" and models.lm_trainable(loaded.model)):
             self.copy = copy.deepcopy(loaded.model).eval()
             for p in self.copy.parameters():
                 p.requires_grad_(False)
-        elif kind not in ("base", "live"):
-            raise ValueError(f"teacher kind '{kind}' is not one of base, live, ema")
 
     def _context(self):
-        if self.kind == "base" and self.copy is None:
+        if self.kind == "init" and self.copy is None:
             return models.adapters_disabled(self.loaded.model)
         return torch.no_grad()
 
@@ -136,6 +164,9 @@ def step_inputs(loaded: models.Loaded, items: pd.DataFrame, batches: Callable[[i
 
 @dataclass
 class StepContext:
+    """What every step of a run uses: the model, the teacher, the batches, the rollout
+    engine, the judge, and the list the judge's verdicts are appended to."""
+
     loaded: models.Loaded
     teacher: Teacher | None
     inputs: Callable[[int], StepInputs]  # see step_inputs
@@ -160,6 +191,26 @@ class _Timer:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
 
+@dataclass
+class StepState:
+    """One step as its terms see it: its index, its batch, its timer and the lm_head chunk
+    size; the sequence term fills ``rollouts`` (its N rollouts per question) and
+    ``forward`` (their student forward, with the token KL when the token term reuses them)."""
+
+    index: int
+    batch: StepInputs
+    timer: _Timer
+    chunk_size: int
+    rollouts: models.Completions | None = None
+    forward: dict[str, torch.Tensor] | None = None
+
+
+# What a term returns: its loss (a scalar, with gradient) and its metrics.
+TermResult = tuple[torch.Tensor, dict[str, float]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
 def _mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     m = mask.float()
     return float((x.detach().float() * m).sum() / m.sum().clamp(min=1))
@@ -174,106 +225,164 @@ def _kl_metrics(kl: torch.Tensor, mask: torch.Tensor, k: int) -> dict[str, float
             "kl_topk_share": float((kl * top).sum() / total) if total > 0 else float("nan")}
 
 
+def _rollout_metrics(forward: dict[str, torch.Tensor],
+                     comp: models.Completions) -> dict[str, float]:
+    """Mean entropy per token and mean length of the rollouts ``comp``."""
+    return {"entropy": _mean(forward["entropy"], comp.mask),
+            "len_mean": float(comp.lengths.float().mean())}
+
+
+def _kl_kind(token: dict) -> str:
+    """The divergence of the token term: ``losses.completion_terms``'s ``kl``."""
+    return "reverse" if token["estimator"] == "full" else "sampled"
+
+
+def _reuses_rollouts(spec: dict) -> bool:
+    """The token term takes the sequence term's rollouts (and student forward)."""
+    return spec.get("token") is not None and spec["token"]["rollouts"] == "reuse"
+
+
+def _forward(ctx: StepContext, state: StepState, prompt: dict, comp: models.Completions,
+             teacher_prompt: dict | None = None, kl: str | None = None) -> dict[str, torch.Tensor]:
+    """Per-token terms of completions ``comp`` under the student's ``prompt``
+    (``losses.completion_terms``): log-probs and entropy and, with a ``teacher_prompt``, the
+    divergence ``kl`` from the teacher on the same tokens. The student runs first."""
+    model = ctx.loaded.model
+    with state.timer("student_forward"):
+        hidden = models.completion_hidden(model, prompt, comp)
+    teacher_hidden = None
+    if teacher_prompt is not None:
+        with state.timer("teacher_forward"):
+            teacher_hidden = ctx.teacher.hidden(teacher_prompt, comp)
+    return losses.completion_terms(
+        hidden, models.lm_head(model), comp.ids, comp.mask, teacher_hidden, kl=kl,
+        chunk_size=state.chunk_size,
+        teacher_lm_head=ctx.teacher.lm_head if teacher_hidden is not None else None)
+
+
+def _judged_rewards(ctx: StepContext, state: StepState, group: models.Completions,
+                    reference: models.Completions, n: int) -> torch.Tensor:
+    """The judge's rewards ``[B, n]`` of ``n`` rollouts per question against each question's
+    reference answer; every verdict is appended to ``ctx.verdicts``."""
+    texts, refs = models.decode(ctx.loaded, group), models.decode(ctx.loaded, reference)
+    records = state.batch.rows.to_dict("records")
+    item_rows = [records[j // n] for j in range(len(texts))]
+    ref_rows = [refs[j // n] for j in range(len(texts))]
+    verdicts = ctx.judge(texts, ref_rows, item_rows)
+    ctx.verdicts.extend(
+        {"step": state.index + 1, "id": r["id"], "rollout": t, "reference": ref,
+         "reward": v.reward, "reason": v.reason}
+        for r, t, ref, v in zip(item_rows, texts, ref_rows, verdicts, strict=True))
+    return torch.tensor([v.reward for v in verdicts], dtype=torch.float,
+                        device=ctx.loaded.device).view(-1, n)
+
+
+# ----------------------------------------------------------------------------- the terms
+
+def offpolicy_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """sft / forward_kl: the student learns the teacher's text-prompt answers (or the gold
+    ones) under the audio prompt, by their likelihood (``loss: nll``) or by the forward KL
+    to the teacher on them."""
+    cfg, batch = spec["offpolicy"], state.batch
+    with state.timer("generate"):
+        if cfg["targets"] == "gold":
+            comp = models.encode_targets(ctx.loaded, list(batch.rows["answer"]))
+        else:
+            comp = ctx.teacher.generate(batch.text, ctx.max_new, cfg["temperature"])
+    if cfg["loss"] == "nll":
+        forward = _forward(ctx, state, batch.audio, comp)
+        loss = losses.sft_loss(forward["logp"], comp.mask)
+        metrics = {"loss_sft": loss.item()}
+    else:
+        forward = _forward(ctx, state, batch.audio, comp, batch.text, "forward")
+        loss = losses.token_loss(forward["kl"], comp.mask, k=1, alpha=1.0, beta=1.0)
+        metrics = {"loss_forward_kl": loss.item(), "kl_mean": _mean(forward["kl"], comp.mask)}
+    return loss, {**metrics, **_rollout_metrics(forward, comp)}
+
+
+def sequence_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """GRPO on the judge's reward: N audio rollouts per question, each judged against the
+    teacher's answer to the text prompt. Leaves its rollouts and their forward in
+    ``state`` (with the token KL computed in the same forward when the token term reuses
+    them)."""
+    cfg, batch = spec["sequence"], state.batch
+    n = cfg["n"]
+    with state.timer("generate"):
+        group = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"], n)
+        reference = ctx.teacher.generate(batch.text, ctx.max_new, cfg["reference_temperature"])
+    rewards = _judged_rewards(ctx, state, group, reference, n)
+    adv = losses.group_advantages(rewards, cfg["advantage"]).view(-1)
+    reuse = _reuses_rollouts(spec)
+    forward = _forward(ctx, state, models.repeat_batch(batch.audio, n), group,
+                       models.repeat_batch(batch.text, n) if reuse else None,
+                       _kl_kind(spec["token"]) if reuse else None)
+    state.rollouts, state.forward = group, forward
+    loss = losses.policy_loss(forward["logp"], forward["logp"].detach(), adv, group.mask,
+                              cfg["clip_low"], cfg["clip_high"], cfg["aggregation"],
+                              max_len=cfg["max_len"])
+    mixed = (rewards.min(1).values == 0) & (rewards.max(1).values == 1)
+    return loss, {"loss_sequence": loss.item(), "reward_mean": float(rewards.mean()),
+                  "adv_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+                  "reward_groups_mixed": float(mixed.float().mean()),
+                  **_rollout_metrics(forward, group)}
+
+
+def token_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """CORD's token level: the weighted reverse KL to the teacher on the student's own audio
+    rollouts, one per question (``rollouts: separate``) or the sequence term's (``reuse``).
+    Reports entropy and length only when it is the step's main rollouts (no sequence term)."""
+    cfg, batch = spec["token"], state.batch
+    if cfg["rollouts"] == "reuse":
+        if state.rollouts is None:
+            raise ValueError("token.rollouts 'reuse' needs a sequence term to take the "
+                             "rollouts of")
+        comp, forward = state.rollouts, state.forward
+    else:
+        with state.timer("generate"):
+            comp = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"])
+        forward = _forward(ctx, state, batch.audio, comp, batch.text, _kl_kind(cfg))
+    loss = losses.token_loss(forward["kl"], comp.mask, cfg["k"], cfg["alpha"], cfg["beta"])
+    metrics = {"loss_token": loss.item(), **_kl_metrics(forward["kl"], comp.mask, cfg["k"])}
+    if spec.get("sequence") is None:
+        metrics.update(_rollout_metrics(forward, comp))
+    return loss, metrics
+
+
+Term = Callable[[dict, StepContext, StepState], TermResult]
+
+# name (the spec's section) -> term, in the order the terms run (see the module docstring)
+TERMS: dict[str, Term] = {
+    "offpolicy": offpolicy_term,
+    "sequence": sequence_term,
+    "token": token_term,
+}
+
+
+# ----------------------------------------------------------------------------- the step
+
+def terms_of(spec: dict) -> list[str]:
+    """The terms method ``spec`` uses, in the order they run: those it has a section for."""
+    return [name for name in TERMS if spec.get(name) is not None]
+
+
 def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tensor, dict]]:
     """``step(i) -> (loss, metrics)`` for method ``spec`` (see the module docstring)."""
-    loaded, teacher = ctx.loaded, ctx.teacher
-    model = loaded.model
-    head = models.lm_head(model)
-    tok_cfg, seq_cfg, off_cfg = spec.get("token"), spec.get("sequence"), spec.get("offpolicy")
+    names = terms_of(spec)
     weights = spec.get("weights", {})
-
-    def student_terms(timer, prompt, comp, teacher_prompt, kl, chunk):
-        with timer("student_forward"):
-            hidden = models.completion_hidden(model, prompt, comp)
-        teacher_hidden = None
-        if teacher_prompt is not None:
-            with timer("teacher_forward"):
-                teacher_hidden = teacher.hidden(teacher_prompt, comp)
-        return losses.completion_terms(
-            hidden, head, comp.ids, comp.mask, teacher_hidden, kl=kl, chunk_size=chunk,
-            teacher_lm_head=teacher.lm_head if teacher_hidden is not None else None)
+    chunk_size = (spec.get("token") or {}).get("chunk_size", 64)
 
     def step(i: int):
         timer = _Timer()
         with timer("inputs"):  # preparation inline; the wait for it when prefetched
             batch = ctx.inputs(i)
-        rows, audio, text = batch.rows, batch.audio, batch.text
+        state = StepState(i, batch, timer, chunk_size)
+        loss = torch.zeros((), device=ctx.loaded.device)
         metrics: dict[str, float] = {}
-        loss = torch.zeros((), device=loaded.device)
-        chunk = (tok_cfg or {}).get("chunk_size", 64)
-
-        if off_cfg is not None:  # sft, forward_kl
-            with timer("generate"):
-                if off_cfg["targets"] == "gold":
-                    comp = models.encode_targets(loaded, list(rows["answer"]))
-                else:
-                    comp = teacher.generate(text, ctx.max_new, off_cfg["temperature"])
-            if off_cfg["loss"] == "nll":
-                terms = student_terms(timer, audio, comp, None, None, chunk)
-                loss = losses.sft_loss(terms["logp"], comp.mask)
-                metrics["loss_sft"] = loss.item()
-            else:
-                terms = student_terms(timer, audio, comp, text, "forward", chunk)
-                loss = losses.token_loss(terms["kl"], comp.mask, k=1, alpha=1.0, beta=1.0)
-                metrics.update(loss_forward_kl=loss.item(), kl_mean=_mean(terms["kl"], comp.mask))
-            metrics.update(entropy=_mean(terms["entropy"], comp.mask),
-                           len_mean=float(comp.lengths.float().mean()))
-
-        group = None
-        if seq_cfg is not None:
-            n = seq_cfg["n"]
-            with timer("generate"):
-                group = ctx.engine.generate(audio, ctx.max_new, seq_cfg["temperature"], n)
-                reference = teacher.generate(text, ctx.max_new, seq_cfg["reference_temperature"])
-            texts, refs = models.decode(loaded, group), models.decode(loaded, reference)
-            records = rows.to_dict("records")
-            item_rows = [records[j // n] for j in range(len(texts))]
-            ref_rows = [refs[j // n] for j in range(len(texts))]
-            verdicts = ctx.judge(texts, ref_rows, item_rows)
-            rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float,
-                                   device=loaded.device).view(-1, n)
-            adv = losses.group_advantages(rewards, seq_cfg["advantage"]).view(-1)
-            ctx.verdicts.extend(
-                {"step": i + 1, "id": r["id"], "rollout": t, "reference": ref, "reward": v.reward,
-                 "reason": v.reason}
-                for r, t, ref, v in zip(item_rows, texts, ref_rows, verdicts))
-            reuse = tok_cfg is not None and tok_cfg["rollouts"] == "reuse"
-            kl_kind = ("reverse" if tok_cfg["estimator"] == "full" else "sampled") if reuse else None
-            terms = student_terms(timer, models.repeat_batch(audio, n), group,
-                                  models.repeat_batch(text, n) if reuse else None, kl_kind, chunk)
-            l_seq = losses.policy_loss(terms["logp"], terms["logp"].detach(), adv, group.mask,
-                                       seq_cfg["clip_low"], seq_cfg["clip_high"],
-                                       seq_cfg["aggregation"], max_len=seq_cfg["max_len"])
-            loss = loss + weights["sequence"] * l_seq
-            metrics.update(loss_sequence=l_seq.item(), reward_mean=float(rewards.mean()),
-                           adv_std=float(adv.std()) if adv.numel() > 1 else 0.0,
-                           reward_groups_mixed=float(((rewards.min(1).values == 0)
-                                                      & (rewards.max(1).values == 1)).float().mean()),
-                           entropy=_mean(terms["entropy"], group.mask),
-                           len_mean=float(group.lengths.float().mean()))
-            if reuse:
-                l_tok = losses.token_loss(terms["kl"], group.mask, tok_cfg["k"], tok_cfg["alpha"],
-                                          tok_cfg["beta"])
-                loss = loss + weights["token"] * l_tok
-                metrics.update(loss_token=l_tok.item(), **_kl_metrics(terms["kl"], group.mask,
-                                                                      tok_cfg["k"]))
-
-        if tok_cfg is not None and tok_cfg["rollouts"] == "separate":
-            with timer("generate"):
-                comp = ctx.engine.generate(audio, ctx.max_new, tok_cfg["temperature"])
-            kl_kind = "reverse" if tok_cfg["estimator"] == "full" else "sampled"
-            terms = student_terms(timer, audio, comp, text, kl_kind, chunk)
-            l_tok = losses.token_loss(terms["kl"], comp.mask, tok_cfg["k"], tok_cfg["alpha"],
-                                      tok_cfg["beta"])
-            loss = loss + weights["token"] * l_tok
-            metrics.update(loss_token=l_tok.item(), **_kl_metrics(terms["kl"], comp.mask,
-                                                                  tok_cfg["k"]))
-            if group is None:
-                metrics.update(entropy=_mean(terms["entropy"], comp.mask),
-                               len_mean=float(comp.lengths.float().mean()))
-
+        for name in names:
+            term_loss, term_metrics = TERMS[name](spec, ctx, state)
+            loss = loss + weights.get(name, 1.0) * term_loss
+            metrics.update(term_metrics)
         metrics.update({f"time_{k}": v for k, v in timer.times.items()})
         return loss, metrics
 
     return step
-
