@@ -30,7 +30,8 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from cordflow import summarize  # noqa: E402
-from cordflow.evaluate import benchmarks  # noqa: E402
+from cordflow.audio import SAMPLE_RATE  # noqa: E402
+from cordflow.evaluate import items as benchmarks  # noqa: E402
 
 RATE = 24000
 
@@ -86,7 +87,7 @@ def main() -> None:
         bench = benchmarks.load(entry)
         t_load = time.perf_counter() - start
         start = time.perf_counter()
-        seconds = sum(len(c.load()) for c in bench.items["audio"]) / benchmarks.SAMPLE_RATE
+        seconds = sum(len(c.load()) for c in bench.items["audio"]) / SAMPLE_RATE
         t_decode = time.perf_counter() - start
         print(f"voicebench load: {len(bench.items)} items in {t_cold:.2f} s the first time "
               f"(datasets builds its arrow cache), then {t_load:.2f} s "

@@ -30,6 +30,7 @@ from cordflow.config import (
     rule_params,
     upgrade_config,
 )
+from cordflow.evaluate.kinds import KINDS, MANIFEST, QA_TABLE
 from cordflow.train.methods import method_params
 from cordflow.tts.backends import BACKEND_ENVS
 
@@ -44,7 +45,8 @@ N_SHARDS = config["tts"]["n_shards"]
 METHODS = config["train"]["methods"]
 MODELS = ["base", "warmup", *METHODS]
 BENCHMARKS = {b["name"]: b for b in config["evaluate"]["benchmarks"]}
-MANIFEST = "results/audio/manifest.parquet"
+# MANIFEST (the TTS stage's output) and QA_TABLE (a source split) are the paths the
+# benchmark kinds read, defined once in cordflow.evaluate.kinds.
 
 
 wildcard_constraints:
@@ -86,7 +88,7 @@ def repeat_opt(flag, paths):
 
 
 def qa_table(split):
-    return f"results/qa/{split}.parquet"
+    return QA_TABLE.format(split=split)
 
 
 def local_source_files():
@@ -106,12 +108,10 @@ def model_dir(model):
 
 
 def eval_inputs(wildcards):
+    """The model, and the files the benchmark's kind reads (cordflow.evaluate.kinds:
+    qa_split reads its QA table and the manifest; a staged dataset, nothing here)."""
     bench = BENCHMARKS[wildcards.benchmark]
-    inputs = {"model": model_dir(wildcards.model)}
-    if bench["kind"] == "qa_split":
-        inputs["qa"] = qa_table(bench["split"])
-        inputs["manifest"] = MANIFEST
-    return inputs
+    return {"model": model_dir(wildcards.model), **KINDS[bench["kind"]].inputs(bench)}
 
 
 def eval_tables():

@@ -10,10 +10,9 @@ rule evaluate:
     params:
         cfg=eval_params,
         code=code_version("evaluate"),
+        # each input of the benchmark's kind (eval_inputs) as `--<name> PATH`
         data=lambda wildcards, input: " ".join(
-            repeat_opt(f"--{k}", [input[k]])
-            for k in ("qa", "manifest")
-            if k in input.keys()
+            repeat_opt(f"--{k}", [input[k]]) for k in input.keys() if k != "model"
         ),
     shell:
         "python -m cordflow evaluate --params {params.cfg:q} --model {input.model:q}"

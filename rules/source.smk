@@ -2,7 +2,7 @@ rule source:
     input:
         local_source_files(),
     output:
-        qa=expand("results/qa/{split}.parquet", split=SPLITS),
+        qa=expand(QA_TABLE, split=SPLITS),
         rejected=report(
             "results/qa/rejected.parquet",
             caption="../report/rejected.rst",

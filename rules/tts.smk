@@ -1,6 +1,6 @@
 checkpoint tts_plan:
     input:
-        qa=expand("results/qa/{split}.parquet", split=SPLITS),
+        qa=expand(QA_TABLE, split=SPLITS),
     output:
         directory("results/audio/plan"),
     log:

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from cordflow.evaluate import benchmarks as bm
+from cordflow.audio import SAMPLE_RATE
+from cordflow.evaluate import items as bm
+from cordflow.evaluate import staged
 
 datasets = pytest.importorskip("datasets")
 
@@ -29,7 +31,7 @@ def encoded(x, rate, fmt="WAV"):
     return buf.getvalue()
 
 
-def peak_hz(x, rate=bm.SAMPLE_RATE):
+def peak_hz(x, rate=SAMPLE_RATE):
     spectrum = np.abs(np.fft.rfft(x))
     return np.fft.rfftfreq(len(x), 1 / rate)[int(np.argmax(spectrum))]
 
@@ -252,11 +254,11 @@ def test_qa_split_joins_the_manifest_and_counts_unusable_clips(spoken_test_split
 
     qa_path, manifest_path, rejected, missing = spoken_test_split
     qa, manifest = source.read_qa(qa_path), read_manifest(manifest_path)
-    b = bm.load({"name": "builtin", "kind": "qa_split", "split": "test"}, qa_path,
-                manifest_path)
+    b = bm.load({"name": "builtin", "kind": "qa_split", "split": "test"},
+                {"qa": qa_path, "manifest": manifest_path})
     assert len(b.items) + len(b.excluded) == len(qa) == 6
     assert b.counts() == {"no_clip": 1, "tts_rejected": 1}
-    why = dict(zip(b.excluded["id"], b.excluded["reason"]))
+    why = dict(zip(b.excluded["id"], b.excluded["reason"], strict=True))
     assert why[rejected] == "tts_rejected: too_fast: 0.01 s per character"
     assert why[missing].startswith("no_clip: ") and missing not in set(b.items["id"])
     kept = qa.set_index("id").loc[b.items["id"]]
@@ -267,10 +269,10 @@ def test_qa_split_joins_the_manifest_and_counts_unusable_clips(spoken_test_split
     x = b.items["audio"].iloc[0].load()
     assert x.dtype == np.float32 and len(x) == round(b.items["duration"].iloc[0] * 16000)
     with pytest.raises(bm.BenchmarkError, match="split is 'train' but .* holds split"):
-        bm.load({"name": "builtin", "kind": "qa_split", "split": "train"}, qa_path,
-                manifest_path)
+        bm.load({"name": "builtin", "kind": "qa_split", "split": "train"},
+                {"qa": qa_path, "manifest": manifest_path})
     with pytest.raises(bm.BenchmarkError, match="needs --qa results/qa/test.parquet"):
-        bm.load({"name": "builtin", "kind": "qa_split", "split": "test"}, qa_path)
+        bm.load({"name": "builtin", "kind": "qa_split", "split": "test"}, {"qa": qa_path})
 
 
 # ----------------------------------------------------------------------------- entries
@@ -296,5 +298,5 @@ def test_entries_are_checked_per_kind_and_found_by_name():
     ("No options here.", None),
 ])
 def test_split_options(prompt, options):
-    found = bm.split_options(prompt)
+    found = staged.split_options(prompt)
     assert (found[1] if found else None) == options

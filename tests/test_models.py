@@ -77,11 +77,17 @@ def test_completion_mask_stops_after_the_first_stop_token():
 
 
 def test_completion_slice_matches_the_full_forward(loaded):
+    """The training path (completion_hidden + lm_head through losses.completion_terms)
+    gives the log-probs of the model's own full forward."""
+    from cordflow.train.losses import completion_terms
+
     batch = models.repeat_batch(models.encode_audio(loaded, [tiny.tone(0.7, 330),
                                                             tiny.tone(1.2, 440)]), 2)
     comp = models.encode_targets(loaded, ["12", "3", "7", "10"])
     with torch.no_grad():
-        lp = models.token_logprobs(loaded.model, batch, comp)
+        hidden = models.completion_hidden(loaded.model, batch, comp)
+        lp = completion_terms(hidden, models.lm_head(loaded.model), comp.ids, comp.mask,
+                              kl=None)["logp"]
         full = loaded.model(
             input_ids=torch.cat([batch["input_ids"], comp.ids], 1),
             attention_mask=torch.cat([batch["attention_mask"], comp.mask], 1),

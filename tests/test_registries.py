@@ -159,3 +159,66 @@ def test_every_stage_has_its_checklist():
         assert rule in profile["set-threads"] and rule in profile["set-resources"], rule
         for key in RULE_KEYS[rule]:
             assert key.split(".")[0] in SCHEMA["properties"], f"{rule} reads unknown {key}"
+
+
+# -- benchmark kinds -----------------------------------------------------------------------
+def _bench_entry_schema() -> dict:
+    return SCHEMA["properties"]["evaluate"]["properties"]["benchmarks"]["items"]
+
+
+def _entry_errors(entry: dict) -> list[str]:
+    from cordflow.config import schema_part, validate_with_defaults
+
+    return validate_with_defaults(dict(entry), schema_part("evaluate", "benchmarks", "items"))
+
+
+def test_schema_benchmark_kind_enum_is_the_registry():
+    from cordflow.evaluate.kinds import KINDS
+
+    assert _bench_entry_schema()["properties"]["kind"]["enum"] == list(KINDS)
+
+
+def test_each_kind_requires_in_the_schema_what_its_adapter_declares():
+    """The schema's if/then blocks: an entry needs exactly its kind's ``requires`` keys and
+    may not have a key only other kinds require."""
+    from cordflow.evaluate.kinds import KINDS
+
+    every = {key for kind in KINDS.values() for key in kind.requires}
+    for name, kind in KINDS.items():
+        assert kind.name == name and kind.requires, name
+        entry = {"name": "b", "kind": name, **{key: "x" for key in kind.requires}}
+        assert _entry_errors(entry) == [], name
+        for key in kind.requires:
+            without = {k: v for k, v in entry.items() if k != key}
+            assert _entry_errors(without), f"{name} validates without its required {key}"
+        for key in every - set(kind.requires):
+            assert _entry_errors({**entry, key: "x"}), f"{name} accepts {key} (another kind's)"
+
+
+def test_only_audio_only_kinds_have_no_text_form():
+    from cordflow.evaluate.kinds import KINDS
+
+    audio_only = {"mmau"}  # its questions come with a sound clip; no text counterpart
+    assert {name for name, kind in KINDS.items() if not kind.has_text} == audio_only
+
+
+def test_dataset_kinds_map_every_field_the_schema_lets_an_entry_override():
+    from cordflow.evaluate.kinds import KINDS, DatasetKind
+
+    fields = set(_bench_entry_schema()["properties"]["mapping"]["properties"])
+    for name, kind in KINDS.items():
+        if isinstance(kind, DatasetKind):
+            assert set(kind.mapping) == fields, name
+            assert kind.stage_hint.format(subset="s", path="p", where="w"), name
+
+
+def test_kind_inputs_are_evaluate_options():
+    """Each input a kind reads becomes `--<name> PATH` of `cordflow evaluate` (rule
+    evaluate)."""
+    from cordflow.evaluate import kinds
+
+    help_text = CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=200).output
+    for name, kind in kinds.KINDS.items():
+        entry = {"name": "b", "kind": name, **{key: "x" for key in kind.requires}}
+        for option in kind.inputs(entry):
+            assert f"--{option}" in help_text, f"{name} reads --{option}: not a cli option"

@@ -143,7 +143,7 @@ CODE_EDITS = [
     ("summarize.py", LAST),
     ("tts/post.py", FROM_SHARDS),
     ("tts/gather.py", {"tts_gather", *FROM_BASE}),
-    ("evaluate/benchmarks.py", {*ALL_EVALS, *LAST}),
+    ("evaluate/kinds.py", {*ALL_EVALS, *LAST}),
     ("train/judges.py", {"warmup", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
 ]
 
@@ -195,7 +195,10 @@ def _uses(path: Path, names: set[str] | None) -> tuple[list, bool]:
     defs = {n.name: n for n in tree.body if isinstance(n, _DEFS)}
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     body = [n for n in tree.body if n not in top and (names is None or n not in defs.values())]
-    wanted, todo = set(), list(defs if names is None else names & defs.keys())
+    # Module-level code (a registry such as TERMS = {"token": token_term}) uses the
+    # definitions it names whenever the module is imported.
+    registered = {m.id for n in body for m in ast.walk(n) if isinstance(m, ast.Name)}
+    wanted, todo = set(), list(defs if names is None else (names | registered) & defs.keys())
     while todo:  # the definitions used, and the same-module ones they refer to
         if (d := todo.pop()) not in wanted:
             wanted.add(d)

@@ -201,7 +201,7 @@ def evaluate(
     config: ConfigOpt = None,
 ):
     """Greedy answers from the text AND the audio prompt, one scorer for both."""
-    from cordflow import evaluate as stage
+    from cordflow.evaluate import run as stage
     from cordflow.stage import stage_run
 
     if config is not None and params is None:  # the rule's slice: this benchmark's entry
@@ -210,9 +210,10 @@ def evaluate(
         p = benchmark_params(load_config(config), benchmark)
     else:
         p = _params("evaluate", params, config)
-    inputs = [model_dir, *(x for x in (qa, manifest) if x is not None)]
-    with stage_run("evaluate", p, inputs, [out]):
-        stage.run(p, model_dir, model_name, benchmark, out, qa=qa, manifest=manifest)
+    # The files the benchmark's kind reads, by name (cordflow.evaluate.kinds: inputs).
+    inputs = {k: v for k, v in {"qa": qa, "manifest": manifest}.items() if v is not None}
+    with stage_run("evaluate", p, [model_dir, *inputs.values()], [out]):
+        stage.run(p, model_dir, model_name, benchmark, out, inputs)
 
 
 @app.command()

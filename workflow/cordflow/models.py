@@ -14,13 +14,14 @@ Both are saved and loaded with ``save_pretrained`` / ``from_pretrained`` (safete
 ``local_files_only``). The helpers never look at the preset: the chunk length comes from the
 processor, logits are computed only on the completion slice (:func:`completion_hidden` +
 :func:`lm_head`; the model's forward has no ``logits_to_keep``), audio and control tokens are
-suppressed in generation, and LoRA targets the language model by regex.
+suppressed in generation, and LoRA targets the language model by regex. Clips are read
+as float32 mono at 16 kHz by :func:`read_audio` (:mod:`cordflow.audio`, shared with the
+benchmark loaders).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -30,9 +31,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from cordflow.audio import SAMPLE_RATE, load_mono
+
 log = logging.getLogger("cordflow.models")
 
-SAMPLE_RATE = 16000
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>",
                   "<|audio_eos|>"]
 # Tokens a completion must never contain: a sampled <|AUDIO|> breaks the audio forward
@@ -74,13 +76,6 @@ POINTER = "staged.json"
 
 
 # ------------------------------------------------------------------------------ config
-
-def model_config(params: dict) -> dict:
-    """The ``model`` section with defaults filled in (schema-validated)."""
-    from cordflow.config import section
-
-    return section(params, "model")
-
 
 def resolve_device(cfg: dict) -> torch.device:
     want = cfg.get("device", "auto")
@@ -318,15 +313,6 @@ def lm_trainable(model: torch.nn.Module) -> bool:
                if "lora_" not in n and ("language_model" in n or "lm_head" in n))
 
 
-def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain model with adapters merged in (exact), leaving ``model`` untouched."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
-
-
 @contextlib.contextmanager
 def adapters_disabled(model: torch.nn.Module):
     """The starting weights: LoRA adapters switched off (a no-op without adapters)."""
@@ -486,24 +472,8 @@ def lm_head(model: torch.nn.Module) -> torch.nn.Module:
     return core(model).lm_head
 
 
-def token_logprobs(model: torch.nn.Module, prompt: dict, completions: Completions) -> torch.Tensor:
-    """log p(y_t | y_<t, prompt) per completion token [B, T] (small vocabularies; the losses
-    module has the chunked, memory-bounded version for training)."""
-    hidden = completion_hidden(model, prompt, completions)
-    logp = torch.log_softmax(lm_head(model)(hidden).float(), dim=-1)
-    return logp.gather(-1, completions.ids.unsqueeze(-1)).squeeze(-1)
-
-
 # ------------------------------------------------------------------------------ audio
 
 def read_audio(path: str | Path) -> np.ndarray:
-    """A clip as float32 mono at 16 kHz (resampled with soxr if stored at another rate)."""
-    import soundfile as sf
-
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    data = data.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        import soxr
-
-        data = soxr.resample(data, rate, SAMPLE_RATE).astype(np.float32)
-    return data
+    """A clip file as float32 mono at 16 kHz (:func:`cordflow.audio.load_mono`)."""
+    return load_mono(str(path))

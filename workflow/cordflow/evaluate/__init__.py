@@ -1,65 +1,13 @@
-"""Stage ``evaluate``: one model on one benchmark, from the text prompt AND the audio prompt.
+"""Stage ``evaluate`` and its benchmarks. Importing this package loads nothing heavy.
 
-Batched greedy generation for every item under both prompts, one scorer for both
-(:func:`cordflow.scoring.match`: number match, option letter, normalised text). Writes
-``results/eval/{model}/{benchmark}.parquet``, one row per item:
+- :mod:`cordflow.evaluate.run`: the stage (rule evaluate, ``cordflow evaluate``): one
+  model on one benchmark, text and audio prompt, one table of per-item predictions.
+- :mod:`cordflow.evaluate.items`: one ``evaluate.benchmarks`` entry -> a checked items
+  frame and the items excluded, with reasons (``load``, ``find``, ``ITEMS_SCHEMA``).
+- :mod:`cordflow.evaluate.kinds`: one adapter per benchmark kind, the ``KINDS`` registry
+  (light: rules/common.smk imports it to plan jobs).
+- :mod:`cordflow.evaluate.staged`: staged datasets (voicebench, mmau) read offline into
+  items.
 
-    id, model, benchmark, answer, answer_type, category,
-    text_pred, audio_pred          the decoded completions (text_pred null for mmau)
-    text_correct, audio_correct    booleans (text_correct null for mmau: audio only)
-
-Benchmarks are loaded by :mod:`cordflow.evaluate.benchmarks`; items it could not use are
-counted there and logged, never dropped silently.
+(The top-level ``benchmarks/`` folder of the repository holds timing scripts, not these.)
 """
-
-from __future__ import annotations
-
-import logging
-from pathlib import Path
-
-import pandas as pd
-
-from cordflow import infer, models
-from cordflow.config import section
-from cordflow.io import write_parquet
-
-log = logging.getLogger("cordflow.evaluate")
-
-COLUMNS = ["id", "model", "benchmark", "answer", "answer_type", "category", "text_pred",
-           "audio_pred", "text_correct", "audio_correct"]
-
-
-def run(params: dict, model_dir: Path, model_name: str, benchmark: str, out: Path,
-        qa: Path | None = None, manifest: Path | None = None) -> None:
-    from cordflow.evaluate import benchmarks
-
-    mcfg, ecfg = section(params, "model"), section(params, "evaluate")
-    bench = benchmarks.load(benchmarks.find(params, benchmark), qa=qa, manifest=manifest)
-    loaded = models.load(model_dir, mcfg)
-    loaded.model.eval()
-    items = bench.items
-    bs, max_new = ecfg["batch_size"], mcfg["max_new_tokens"]
-    long = int((items["duration"] > loaded.chunk_seconds).sum())
-    if long:
-        log.warning("%s: %d of %d clips are longer than the model's %.0f s audio window and "
-                    "are cut to it", benchmark, long, len(items), loaded.chunk_seconds)
-
-    audio_pred = infer.answers(loaded, items, "audio", bs, max_new, desc=f"{model_name} audio")
-    audio_ok = infer.correct(audio_pred, items)
-    if bench.has_text:
-        text_pred = infer.answers(loaded, items, "text", bs, max_new, desc=f"{model_name} text")
-        text_ok: list = infer.correct(text_pred, items)
-    else:
-        text_pred, text_ok = [None] * len(items), [None] * len(items)
-
-    table = pd.DataFrame({
-        "id": items["id"], "model": model_name, "benchmark": benchmark,
-        "answer": items["answer"], "answer_type": items["answer_type"],
-        "category": items["category"], "text_pred": text_pred, "audio_pred": audio_pred,
-        "text_correct": pd.array(text_ok, dtype="boolean"),
-        "audio_correct": pd.array(audio_ok, dtype="boolean"),
-    }, columns=COLUMNS)
-    write_parquet(table, out)
-    text_acc = table["text_correct"].mean() if bench.has_text else float("nan")
-    log.info("%s on %s: n %d, text accuracy %.3f, audio accuracy %.3f", model_name, benchmark,
-             len(table), text_acc, table["audio_correct"].mean())

@@ -107,7 +107,9 @@ def extract_answer(value: Any, how: str) -> tuple[Any, str | None]:
 
 # ----------------------------------------------------------------------------- loading
 
-def _offline_datasets():
+def offline_datasets():
+    """The ``datasets`` module with the hub switched off: it reads local copies and caches
+    only, and fails rather than download (also used by cordflow.evaluate.staged)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets
@@ -145,7 +147,7 @@ def is_saved_dataset(path: Path) -> bool:
 
 def load(entry: dict, where: str) -> dict[str, Any]:
     """The dataset as {split name: datasets.Dataset}."""
-    datasets = _offline_datasets()
+    datasets = offline_datasets()
     path = Path(entry["path"])
     try:
         if is_saved_dataset(path):

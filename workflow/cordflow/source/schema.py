@@ -40,7 +40,7 @@ QA_ARROW = pa_arrow.schema(
 REJECTED_ARROW = pa_arrow.schema([(c, pa_arrow.string()) for c in REJECTED_COLUMNS])
 
 
-def _answer_fits_type(df: pd.DataFrame) -> pd.Series:
+def answer_fits_type(df: pd.DataFrame) -> pd.Series:
     """number: canonical decimal; choice: a letter within the choices; text: anything."""
 
     def ok(row) -> bool:
@@ -83,7 +83,7 @@ QA_SCHEMA = pa.DataFrameSchema(
         "origin": pa.Column(str, _nonblank()),
     },
     checks=[
-        pa.Check(_answer_fits_type, error="answer does not fit its answer_type"),
+        pa.Check(answer_fits_type, error="answer does not fit its answer_type"),
         pa.Check(_sorted_by_id, element_wise=False, error="rows are not sorted by id"),
     ],
     strict=True,
