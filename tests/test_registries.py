@@ -222,3 +222,31 @@ def test_kind_inputs_are_evaluate_options():
         entry = {"name": "b", "kind": name, **{key: "x" for key in kind.requires}}
         for option in kind.inputs(entry):
             assert f"--{option}" in help_text, f"{name} reads --{option}: not a cli option"
+
+
+# -- the README's checklists -----------------------------------------------------------------
+def _extending_section() -> str:
+    text = README.split("## Extending cordflow", 1)[1]
+    return text.split("\n## ", 1)[0]
+
+
+def test_readme_extending_names_what_exists():
+    """Every file and registry the "Extending cordflow" checklists name exists, so the
+    checklists cannot point at code that moved."""
+    section = _extending_section()
+    names = {n for n in re.findall(r"`([^`]+)`", section) if "<" not in n}
+    files = {n for n in names if re.fullmatch(r"[\w./-]+\.(py|smk|yaml|md)|Snakefile", n)}
+    assert "workflow/cordflow/train/methods.py" in files and len(files) > 10
+    for f in files:
+        assert (REPO / f).exists(), f"README 'Extending cordflow' names {f}: no such file"
+    registries = {"METHODS": methods, "TERMS": "cordflow.train.step", "KINDS":
+                  "cordflow.evaluate.kinds", "ENGINES": "cordflow.train.rollout",
+                  "BACKEND_CLASSES": backends, "BACKEND_ENVS": backends,
+                  "RULE_KEYS": "cordflow.config", "RULE_CODE": "cordflow.config"}
+    for name, module in registries.items():
+        assert f"`{name}`" in section or f'`{name}[' in section, f"README omits {name}"
+        mod = importlib.import_module(module) if isinstance(module, str) else module
+        assert isinstance(getattr(mod, name), dict), name
+    for dotted in {n for n in names if n.startswith("cordflow.")}:
+        module, _, attr = dotted.rstrip("()").rpartition(".")
+        assert hasattr(importlib.import_module(module), attr), dotted

@@ -34,7 +34,7 @@ The kinds:
     are excluded and counted (``tts_rejected: <its reason>``), as are questions without a
     clip (``no_clip``); flagged clips are used. Spoken GSM8K is this kind: GSM8K sourced
     through ``source.hf`` (preset gsm8k) into its own split and spoken by the TTS stage
-    (README, "Benchmarks and the gap table").
+    (config/README.md, "Benchmarks").
 ``voicebench``
     VoiceBench's multiple-choice subsets (``mmsu``, ``openbookqa``) from a staged copy of
     ``hlt-lab/voicebench``: columns ``audio`` (the spoken question), ``prompt`` (its text,
