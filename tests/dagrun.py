@@ -116,7 +116,7 @@ class Run:
     first: dict
     second: dict
 
-    def require(self) -> "Run":
+    def require(self) -> Run:
         """Fail (not error) a test that needs the run when the run itself failed."""
         if self.first["rc"] != 0:
             pytest.fail("the end-to-end run failed (see test_workflow_runs_end_to_end):\n"

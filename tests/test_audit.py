@@ -68,7 +68,8 @@ def built(repo, tmp_path_factory):
         ok(finish(proc))
     ok(cordflow(repo, "tts-gather", "--params", "{}", "--shards", "results/audio/shards/0.parquet",
                 "--shards", "results/audio/shards/1.parquet", "--out", MANIFEST, cwd=w))
-    ok(cordflow(repo, "provenance-summary", "--params", "{}", "--target", MANIFEST, "--out", SUMMARY,
+    ok(cordflow(repo, "provenance-summary", "--params", "{}", "--target", MANIFEST,
+                "--out", SUMMARY,
                 cwd=w))
     return w
 

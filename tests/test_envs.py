@@ -1,7 +1,8 @@
 """The conda env files (envs/*.yaml) and pyproject.toml: one set of pins, and every env has
 what its stage imports.
 
-pyproject.toml is the source: python -m cordflow.envfiles writes envs/{data,tts,train,eval}.yaml from
+pyproject.toml is the source: `python -m cordflow.envfiles` writes
+envs/{data,tts,train,eval}.yaml from
 its core dependencies and extras; envs/coqui.yaml and envs/vllm.yaml are written by hand.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
-import importlib.util
 import re
 import sys
 from collections import defaultdict

@@ -112,8 +112,7 @@ def save_tiny_lm(path, verdict=None, chat=True):
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -4,9 +4,9 @@ offline; prompts, generation and the completion slice behave as the stages rely 
 import json
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from cordflow import models
 
 

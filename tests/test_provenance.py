@@ -95,17 +95,17 @@ def test_run_time_files_are_listed_in_the_record_not_given_a_sidecar(work):
 
 
 def test_nothing_is_recorded_when_the_stage_fails(work):
-    with pytest.raises(RuntimeError):
-        with stage_run("source", {}, [], ["results/qa/train.parquet"]):
-            write("results/qa/train.parquet", b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), stage_run("source", {}, [], ["results/qa/train.parquet"]):
+        write("results/qa/train.parquet", b"half")
+        raise RuntimeError("boom")
     assert not record_path("results/qa/train.parquet").exists()
 
 
 def test_a_declared_output_that_was_not_written_is_an_error(work):
-    with pytest.raises(FileNotFoundError, match="results/qa/test.parquet"):
-        with stage_run("source", {}, [], ["results/qa/train.parquet", "results/qa/test.parquet"]):
-            write("results/qa/train.parquet", b"x")
+    outputs = ["results/qa/train.parquet", "results/qa/test.parquet"]
+    with (pytest.raises(FileNotFoundError, match="results/qa/test.parquet"),
+          stage_run("source", {}, [], outputs)):
+        write("results/qa/train.parquet", b"x")
 
 
 def test_records_are_json_with_sorted_keys_and_stable_fields(work):

@@ -12,17 +12,25 @@ code each stage runs, so that editing any of it reruns that stage and nothing el
 from __future__ import annotations
 
 import ast
-import re
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from dagrun import (  # noqa: F401
+    LOCAL_QA,
+    LOCAL_ROWS,
+    REPO,
+    completed_run,
+    config_args,
+    copy_run,
+    dry_run,
+    snakemake,
+)
 
 from cordflow.config import RULE_CODE
 from cordflow.tts.plan import shard_of
-from dagrun import (LOCAL_QA, LOCAL_ROWS, REPO, completed_run, config_args,  # noqa: F401
-                    copy_run, dry_run, snakemake)
 
 N_SHARDS = 2
 

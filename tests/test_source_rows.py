@@ -46,7 +46,7 @@ def test_dedup_key_ignores_case_space_and_punctuation_but_not_numbers():
 
 
 def test_item_id_is_sha256_of_source_question_answer():
-    want = hashlib.sha256("builtin\x1fWhat is 1 plus 1?\x1f2".encode()).hexdigest()[:16]
+    want = hashlib.sha256(b"builtin\x1fWhat is 1 plus 1?\x1f2").hexdigest()[:16]
     assert item_id("builtin", "What is 1 plus 1?", "2") == want
     assert item_id("a", "bc", "d") != item_id("ab", "c", "d")  # fields cannot run together
 

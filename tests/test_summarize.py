@@ -82,10 +82,10 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_n():
             known = v.notna()
             assert ((lo[known] <= v[known]) & (v[known] <= hi[known])).all(), stat
     cord = (slice(None), "cord")
-    s, l = (t.set_index(["benchmark", "model"]).sort_index() for t in (small, large))
+    s, big = (t.set_index(["benchmark", "model"]).sort_index() for t in (small, large))
     for stat in ("text_acc", "audio_acc", "gap", "own_gap", "gap_reduction"):
         width_small = (s[f"{stat}_hi"] - s[f"{stat}_lo"]).loc[cord].dropna()
-        width_large = (l[f"{stat}_hi"] - l[f"{stat}_lo"]).loc[cord].dropna()
+        width_large = (big[f"{stat}_hi"] - big[f"{stat}_lo"]).loc[cord].dropna()
         assert len(width_small) and (width_large.values < width_small.values / 3).all(), stat
     assert sm.gap_table(evals(60), n_boot=500, seed=1).equals(small)  # seeded
     assert not sm.gap_table(evals(60), n_boot=500, seed=2).equals(small)

@@ -67,7 +67,8 @@ def test_a_changed_parameter_set_refuses_to_resume(tmp_path):
         _run(tmp_path, "r", crash_at=3)
     model = torch.nn.Linear(4, 1)
     with pytest.raises(SystemExit, match="does not match the trainable parameters"):
-        fit(model, LoopConfig(steps=3, lr=0.1), _step_fn(model), Checkpoints(tmp_path / "r" / "ckpt"),
+        fit(model, LoopConfig(steps=3, lr=0.1), _step_fn(model),
+            Checkpoints(tmp_path / "r" / "ckpt"),
             StepLog(tmp_path / "r" / "log.jsonl", None, "toy"), "r")
 
 

@@ -46,7 +46,8 @@ def test_sweep_names_set_alpha_and_beta(config):
 
 
 @pytest.mark.parametrize("knob, changed, unchanged", [
-    ({"sequence": {"temperature": 1.2}}, {"grpo", "opd_grpo", "cord"}, {"sft", "forward_kl", "opd"}),
+    ({"sequence": {"temperature": 1.2}}, {"grpo", "opd_grpo", "cord"},
+     {"sft", "forward_kl", "opd"}),
     ({"token": {"alpha": 2.5}}, {"cord"}, {"sft", "forward_kl", "opd", "grpo", "opd_grpo"}),
     ({"token": {"k": 5}}, {"opd", "opd_grpo", "cord"}, {"sft", "forward_kl", "grpo"}),
     ({"offpolicy": {"temperature": 0.5}}, {"sft", "forward_kl"}, {"opd", "grpo", "cord"}),

@@ -4,14 +4,14 @@ what the issue asks per step, and a killed run resumes to the same weights."""
 import json
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file
 
-import tiny
 from cordflow import models
 from cordflow.config import load_config
-from cordflow.train.run import run_spec
 from cordflow.train.methods import BASE_METHODS, method_params
+from cordflow.train.run import run_spec
 
 STEPS = 2
 
@@ -117,8 +117,9 @@ def test_a_killed_cord_run_resumes_to_the_same_weights(repo, spoken, init_dir, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     la = (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()
     lb = (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if not k.startswith("time")}
-                          for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in json.loads(r).items() if not k.startswith("time")}
+                for r in rows]
     assert strip(la) == strip(lb)
     assert (tmp_path / "straight" / "verdicts.jsonl").read_text() == \
         (tmp_path / "resumed" / "verdicts.jsonl").read_text()

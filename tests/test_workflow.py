@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import yaml
 import pytest
+import yaml
+from dagrun import BIN, LOCAL_QA, LOCAL_ROWS, REPO, completed_run, snakemake  # noqa: F401
 
 from cordflow.audit import audit_all
 from cordflow.config import load_config
-from dagrun import BIN, LOCAL_QA, LOCAL_ROWS, REPO, completed_run, snakemake  # noqa: F401
 
 ALL_RULES = {"source", "tts_plan", "tts_shard", "tts_gather", "base", "warmup", "train",
              "evaluate", "summarize", "provenance_summary"}
@@ -83,3 +83,11 @@ def test_snakefmt_check_is_clean():
     res = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f"snakefmt --check (fix: snakefmt Snakefile rules/):\n{res.stderr}"
+
+
+def test_ruff_check_is_clean():
+    import subprocess
+
+    res = subprocess.run([str(BIN / "ruff"), "check", "workflow", "tests", "benchmarks"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"ruff check (see `make lint`):\n{res.stdout[-4000:]}"

@@ -162,7 +162,7 @@ def _render(template: str, dest: Path, values: dict) -> None:
 
 
 def _spawn(cluster: Cluster, name: str, cmd: list[str], **kw) -> None:
-    out = open(cluster.logs / f"{name}.out", "w")
+    out = open(cluster.logs / f"{name}.out", "w")  # noqa: SIM115 (the daemon's log, open while it runs)
     cluster.procs[name] = subprocess.Popen(cmd, env=cluster.env, stdout=out,
                                            stderr=subprocess.STDOUT, **kw)
     out.close()

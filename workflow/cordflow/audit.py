@@ -25,10 +25,11 @@ import fnmatch
 import os
 import re
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cordflow.io import sha256_file
 from cordflow.provenance import (
@@ -122,7 +123,7 @@ class Node:
     rule: str | None = None
     record: dict[str, Any] | None = None
     problems: list[Problem] = field(default_factory=list)
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -371,7 +372,7 @@ class Report:
     auditor: Auditor
 
     @classmethod
-    def of(cls, root: Node, auditor: Auditor, t0: float) -> "Report":
+    def of(cls, root: Node, auditor: Auditor, t0: float) -> Report:
         return cls(root, auditor.problem_list(), len(auditor.hashes), auditor.hashes.bytes,
                    time.perf_counter() - t0, auditor)
 

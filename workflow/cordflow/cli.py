@@ -9,7 +9,7 @@ and each step's environment only needs its own packages.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,11 +20,11 @@ app = typer.Typer(
 )
 
 ParamsOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--params", help="The rule's config slice as JSON, or @file.json."),
 ]
 ConfigOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", help="Take the slice from this config file instead of --params."),
 ]
 
@@ -42,7 +42,8 @@ def _params(rule: str, params: str | None, config: Path | None, **extra) -> dict
 
 @app.command()
 def source(
-    out_dir: Annotated[Path, typer.Option(help="Writes {split}.parquet and rejected.parquet here.")],
+    out_dir: Annotated[Path, typer.Option(
+        help="Writes {split}.parquet and rejected.parquet here.")],
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
@@ -86,8 +87,8 @@ def tts_shard(
     Clips get no provenance record each: the shard table lists every clip's path and
     sha256, and the store keeps a JSON beside each FLAC with what made it."""
     from cordflow.stage import stage_run
-    from cordflow.tts.schema import read_clips
     from cordflow.tts import shard as stage
+    from cordflow.tts.schema import read_clips
     from cordflow.tts.store import Store
 
     p = _params("tts_shard", params, config)
@@ -164,7 +165,7 @@ def train(
     qa_train: Annotated[Path, typer.Option()],
     manifest: Annotated[Path, typer.Option()],
     out_dir: Annotated[Path, typer.Option()],
-    method: Annotated[Optional[str], typer.Option(help="With --config: a method name: "
+    method: Annotated[str | None, typer.Option(help="With --config: a method name: "
                                                   f"{_method_names()}.")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
@@ -195,8 +196,8 @@ def evaluate(
     model_name: Annotated[str, typer.Option()],
     benchmark: Annotated[str, typer.Option(help="A name from evaluate.benchmarks.")],
     out: Annotated[Path, typer.Option(help="Per-item predictions (parquet).")],
-    qa: Annotated[Optional[Path], typer.Option(help="QA table (qa_split benchmarks).")] = None,
-    manifest: Annotated[Optional[Path], typer.Option(help="Audio manifest.")] = None,
+    qa: Annotated[Path | None, typer.Option(help="QA table (qa_split benchmarks).")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Audio manifest.")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
@@ -235,12 +236,12 @@ def summarize(
 
 # -- provenance: the report's summary (a rule), audit and RO-Crate export (by hand) --------
 ResultsOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--results", help="The results folder: files in it need a record "
                  "(default: the 'results' folder the file is in, else ./results)."),
 ]
 ExcludeOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--exclude", help="Glob (relative to the folder) of files to leave out, "
                  "e.g. report.html (repeat)."),
 ]
@@ -266,7 +267,7 @@ def provenance_summary(
 @app.command()
 def audit(
     path: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(help="An artifact (or its .prov.json); with --all, the folder "
                        "(default: the --results folder)."),
     ] = None,
@@ -291,7 +292,7 @@ def audit(
             report = au.audit_all_report(folder, exclude or ())
         except FileNotFoundError as e:
             err.print(f"[red]{e}[/]")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         n = len(report.auditor.records)
         summary = f"{au.shown(folder)}: {n} artifacts, {report.files_hashed} files hashed"
     else:
@@ -326,7 +327,7 @@ def export_crate(
         crate.export_crate(results_dir, out, exclude or ())
     except crate.CrateError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(f"wrote {out / crate.METADATA}")
 
 

@@ -97,8 +97,8 @@ def validate_with_defaults(instance: Any, schema: dict, where: str = "", registr
     kwargs = {"registry": registry} if registry is not None else {}
     validator = _defaults_validator()(schema, **kwargs)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
-    return [f"config key '{'/'.join([where, *map(str, e.absolute_path)]).strip('/') or '(top level)'}'"
-            f": {e.message}" for e in errors]
+    keys = ("/".join([where, *map(str, e.absolute_path)]).strip("/") for e in errors)
+    return [f"config key '{key or '(top level)'}': {e.message}" for key, e in zip(keys, errors)]
 
 
 def schema_part(*path: str) -> dict:

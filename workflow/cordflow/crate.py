@@ -37,8 +37,9 @@ import logging
 import os
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from cordflow import __version__
@@ -146,7 +147,7 @@ class _CrateBuilder:
     crate path or URI in :attr:`entities`) and return it.
     """
 
-    def __init__(self, tmp: Path, results: Path, auditor: "Auditor"):
+    def __init__(self, tmp: Path, results: Path, auditor: Auditor):
         from rocrate.rocrate import ROCrate
 
         self.tmp = tmp
@@ -502,9 +503,9 @@ def _check_entity(e: dict, crate_dir: Path, listed: set[str]) -> list[str]:
                 problems.append(f"{eid}: not in the crate")
             elif isinstance(sha, str) and sha256_file(f) != sha:
                 problems.append(f"{eid}: sha256 differs from the file in the crate")
-    if "Dataset" in types and local and eid != "./":
-        if not (crate_dir / unquote(eid)).is_dir():
-            problems.append(f"{eid}: Dataset folder not in the crate")
+    if ("Dataset" in types and local and eid != "./"
+            and not (crate_dir / unquote(eid)).is_dir()):
+        problems.append(f"{eid}: Dataset folder not in the crate")
     if ("File" in types or "Dataset" in types) and local and eid not in (
             "./", METADATA) and eid not in listed:
         problems.append(f"{eid}: data entity not reachable from the root's hasPart")

@@ -24,9 +24,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,8 @@ def require_staged(path: str | None, preset: str, where: str = "model.path") -> 
     """A real preset's weights folder, or SystemExit saying exactly what to stage where."""
     source = PRESET_SOURCES.get(preset, preset)
     how = (f"stage the Hugging Face repo {source} (its {', '.join(STAGED_FILES)}) into a local "
-           f"folder, e.g. `huggingface-cli download {source} --local-dir /models/{source.split('/')[-1]}`"
+           f"folder, e.g. `huggingface-cli download {source} --local-dir "
+           f"/models/{source.split('/')[-1]}`"
            f" on a machine with network, and set {where} to that folder (config/presets/)")
     if not path:
         raise SystemExit(f"{where} is not set: preset '{preset}' loads staged weights only "
@@ -153,8 +154,12 @@ def tiny_corpus(questions: Sequence[str], answers: Sequence[str], system_prompt:
 
 def build_tiny(tiny: dict, corpus: Sequence[str], seed: int):
     """A freshly initialised tiny Qwen2-Audio and its processor (seeded)."""
-    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
-                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+    from transformers import (
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
 
     tokenizer = train_tokenizer(corpus, tiny["vocab_size"])
     chunk = int(tiny["chunk_length"])
@@ -288,7 +293,8 @@ def set_trainable(model: torch.nn.Module, parts: Sequence[str]) -> list[torch.nn
     projector), ``lm`` (all language-model weights), ``full`` (everything)."""
     known = {"lora", "audio", "lm", "full"}
     if unknown := set(parts) - known:
-        raise SystemExit(f"unknown trainable part(s) {sorted(unknown)}; choose from {sorted(known)}")
+        raise SystemExit(f"unknown trainable part(s) {sorted(unknown)}; "
+                         f"choose from {sorted(known)}")
     for name, p in model.named_parameters():
         p.requires_grad = (
             "full" in parts
@@ -450,7 +456,8 @@ def encode_targets(loaded: Loaded, answers: Sequence[str]) -> Completions:
 
 # ------------------------------------------------------------------------------ forward
 
-def completion_hidden(model: torch.nn.Module, prompt: dict, completions: Completions) -> torch.Tensor:
+def completion_hidden(model: torch.nn.Module, prompt: dict,
+                      completions: Completions) -> torch.Tensor:
     """Last hidden states [B, T, H] at the positions that predict each completion token.
 
     Runs the backbone only (Qwen2AudioModel) on prompt + completion; the lm_head is applied
@@ -459,8 +466,8 @@ def completion_hidden(model: torch.nn.Module, prompt: dict, completions: Complet
     [P-1, P-1+T).
     """
     ids = torch.cat([prompt["input_ids"], completions.ids], dim=1)
-    attn = torch.cat([prompt["attention_mask"], completions.mask.to(prompt["attention_mask"].dtype)],
-                     dim=1)
+    mask = completions.mask.to(prompt["attention_mask"].dtype)
+    attn = torch.cat([prompt["attention_mask"], mask], dim=1)
     kwargs = {k: prompt[k] for k in ("input_features", "feature_attention_mask") if k in prompt}
     out = core(model).model(input_ids=ids, attention_mask=attn, use_cache=False, **kwargs)
     p = prompt["input_ids"].shape[1]

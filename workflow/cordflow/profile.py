@@ -21,7 +21,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -174,14 +174,14 @@ app = typer.Typer(no_args_is_help=True, help=(
 
 @app.command("install")
 def install_cmd(
-    partition: Annotated[Optional[str], typer.Option(
+    partition: Annotated[str | None, typer.Option(
         help="Partition for every job (for CPU jobs only, with --gpu-partition).")] = None,
-    gpu_partition: Annotated[Optional[str], typer.Option(
+    gpu_partition: Annotated[str | None, typer.Option(
         help="Partition for GPU jobs, when the site keeps GPUs apart.")] = None,
-    account: Annotated[Optional[str], typer.Option(help="Slurm account to charge.")] = None,
-    gpu_model: Annotated[Optional[str], typer.Option(
+    account: Annotated[str | None, typer.Option(help="Slurm account to charge.")] = None,
+    gpu_model: Annotated[str | None, typer.Option(
         help="GPU type for GPU jobs (sbatch --gpus=MODEL:N), e.g. a100.")] = None,
-    dest: Annotated[Optional[Path], typer.Option(
+    dest: Annotated[Path | None, typer.Option(
         help="Profile folder to write [default: the user's, where `snakemake "
              "--profile slurm` looks].")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
@@ -193,7 +193,7 @@ def install_cmd(
         written = install(site, dest, force=force)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         typer.echo(f"cordflow profile install: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     for path, text in written.items():
         typer.echo(f"==> wrote {path}\n{text}")
     folder = next(iter(written)).parent

@@ -29,6 +29,7 @@ lies in, so a whole working directory can be moved or copied and still be audite
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -39,10 +40,11 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from cordflow import __version__
 from cordflow.config import REPO_DIR
@@ -74,7 +76,7 @@ def tree_digest(files: dict[str, str]) -> str:
     """One sha256 for a directory: over its sorted ``relative path NUL sha256 LF`` lines."""
     h = hashlib.sha256()
     for rel in sorted(files):
-        h.update(f"{rel}\0{files[rel]}\n".encode("utf-8"))
+        h.update(f"{rel}\0{files[rel]}\n".encode())
     return h.hexdigest()
 
 
@@ -137,10 +139,8 @@ def code_version() -> dict[str, Any]:
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -191,7 +191,8 @@ def peak_rss_mb() -> float:
 
 
 def _rule_code(rule: str) -> str | None:
-    from cordflow.config import RULE_CODE, code_version as stage_code
+    from cordflow.config import RULE_CODE
+    from cordflow.config import code_version as stage_code
 
     return stage_code(rule) if rule in RULE_CODE else None
 

@@ -2,7 +2,8 @@
 
 One row per artifact in the lineage of the rule's inputs (the workflow's final outputs)
 and per other output of the jobs in it, then one per source, sorted by path, with the
-``check`` column from :class:`cordflow.audit.Auditor` ("ok", or what fails). Columns (:data:`COLUMNS`):
+``check`` column from :class:`cordflow.audit.Auditor` ("ok", or what fails). Columns
+(:data:`COLUMNS`):
 ``artifact``, ``kind`` (artifact | source), ``rule``, ``type`` (file | directory),
 ``sha256`` (a directory's: the digest of its listing), ``files``, ``companions`` (run-time
 files the job listed, e.g. audio clips), ``bytes``, ``code_commit``, ``dirty``,
@@ -17,8 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cordflow.io import write_text_atomic
 

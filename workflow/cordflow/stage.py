@@ -8,9 +8,9 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 log = logging.getLogger("cordflow")
 
@@ -62,7 +62,8 @@ def stage_run(
 
     The body may append paths to the yielded list: files whose names are known only at
     run time that its outputs are made of or point to (the content-addressed clips a TTS
-    shard wrote or reused, and the JSON beside each). They get no sidecar each: every output's record lists them with their sha256
+    shard wrote or reused, and the JSON beside each). They get no sidecar each: every
+    output's record lists them with their sha256
     (``companions``), and ``cordflow audit`` checks them. Nothing is recorded if the body
     raises.
     """

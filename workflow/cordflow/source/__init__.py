@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 # Only the schema is imported eagerly: other stages import QA_SCHEMA / read_qa from here
 # in environments without the sourcing packages (num2words, datasets).
 from cordflow.source.schema import (

@@ -11,7 +11,7 @@ to >= 95 % held-out text accuracy.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from cordflow.source.rows import Candidate
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cordflow.source.rows import Candidate, has_surrogates
 

@@ -10,8 +10,9 @@ dataset that is not staged fails at once with what to stage where.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cordflow.source.rows import Candidate
 

@@ -41,7 +41,7 @@ def _latex(detail: str) -> Unspeakable:
 # ----------------------------------------------------------------------------- numbers
 
 _NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
-_DIGITS = "zero one two three four five six seven eight nine".split()
+_DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _MAX_INT_DIGITS = 30  # beyond this num2words gives up; digits are read one by one
 
 
@@ -152,11 +152,10 @@ _COMMAND_WORDS = {
 }
 _GREEK = {
     g: g
-    for g in (
-        "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho "
-        "sigma tau upsilon phi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi "
-        "Omega"
-    ).split()
+    for g in ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
+              "kappa", "lambda", "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi",
+              "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma",
+              "Phi", "Psi", "Omega"]
 }
 _GREEK.update(varepsilon="epsilon", varphi="phi", vartheta="theta")
 for _name, _word in _GREEK.items():
@@ -278,9 +277,9 @@ def _tokenize(s: str, math: bool) -> list[_Tok]:
 class Node:
     kind: str  # num word text group paren frac sqrt sup sub postfix op sym space blank ordinal
     value: str = ""
-    children: list["Node"] = field(default_factory=list)  # group/paren content
-    args: list[list["Node"]] = field(default_factory=list)  # frac: [num, den]; sqrt: [x, index]
-    base: "Node | None" = None  # sup/sub/postfix
+    children: list[Node] = field(default_factory=list)  # group/paren content
+    args: list[list[Node]] = field(default_factory=list)  # frac: [num, den]; sqrt: [x, index]
+    base: Node | None = None  # sup/sub/postfix
     op_kind: str = ""  # for op: op const func
 
 
@@ -361,9 +360,8 @@ class _Parser:
             return Node("paren", t.value, children=self.sequence(")" if t.value == "(" else "]"))
         if t.value == "√":
             return Node("sqrt", args=[[self.argument(script=False)], []])
-        if t.value in "&|":
-            if self.math or t.value == "|":
-                raise _latex(f"'{t.value}' (alignment or absolute value) cannot be spoken")
+        if t.value in "&|" and (self.math or t.value == "|"):
+            raise _latex(f"'{t.value}' (alignment or absolute value) cannot be spoken")
         return Node("sym", t.value)
 
     def postfix(self, node: Node) -> Node:

@@ -22,9 +22,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ class LoopConfig:
     log_every: int = 1
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> "LoopConfig":
+    def from_cfg(cls, cfg: dict) -> LoopConfig:
         keys = cls.__dataclass_fields__
         kw = {k: cfg[k] for k in keys if k in cfg}
         if "betas" in kw:
@@ -201,7 +202,7 @@ def fit(
     ckpt: Checkpoints,
     steplog: StepLog,
     desc: str,
-    eval_fn: Callable[[int], "tuple[dict[str, float], bool]"] | None = None,
+    eval_fn: Callable[[int], tuple[dict[str, float], bool]] | None = None,
     eval_every: int = 0,
     state_fn: Callable[[], dict[str, Any]] | None = None,
     load_state_fn: Callable[[dict[str, Any]], None] | None = None,

@@ -19,7 +19,7 @@ SUM over a rollout's tokens and average over rollouts, so the CORD loss
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

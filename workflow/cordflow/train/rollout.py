@@ -15,7 +15,6 @@ from typing import Protocol
 from cordflow import models
 
 
-
 class RolloutEngine(Protocol):
     def generate(self, prompt: dict, max_new: int, temperature: float,
                  n: int = 1) -> models.Completions:

@@ -1,11 +1,12 @@
 """Speech synthesis: the questions spoken, as 16 kHz mono FLAC clips and a manifest.
 
-Three rules (there is no single ``tts`` rule; ``tts`` is the config section they read). ``tts_plan`` (a checkpoint) deals the items of every QA table to
-``tts.n_shards`` plans by a hash of the id (``plan/{k}.parquet``: ``id``, ``split``,
-``spoken``); a new question changes one plan, and unchanged plans keep their bytes, so
-only that shard runs again. ``tts_shard`` speaks one plan into the content-addressed store
-(:mod:`cordflow.tts.store`; a clip already there is reused) and writes
-``shards/{k}.parquet``. ``tts_gather`` writes ``manifest.parquet`` and ``rejected.parquet``.
+Three rules (there is no single ``tts`` rule; ``tts`` is the config section they read).
+``tts_plan`` (a checkpoint) deals the items of every QA table to ``tts.n_shards`` plans
+by a hash of the id (``plan/{k}.parquet``: ``id``, ``split``, ``spoken``); a new question
+changes one plan, and unchanged plans keep their bytes, so only that shard runs again.
+``tts_shard`` speaks one plan into the content-addressed store (:mod:`cordflow.tts.store`;
+a clip already there is reused) and writes ``shards/{k}.parquet``. ``tts_gather`` writes
+``manifest.parquet`` and ``rejected.parquet``.
 
 Each item's voice is chosen from its id (:mod:`cordflow.tts.voices`; held-out splits use
 the held-out voices; train questions get ``tts.train_takes`` clips in different voices),

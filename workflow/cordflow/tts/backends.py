@@ -112,10 +112,10 @@ class Backend(abc.ABC):
     def synthesize(self, text: str, voice: Voice) -> Audio:
         """Speak ``text`` with ``voice`` (deterministic)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: most backends hold nothing to release)
         """Release the library or model (called once, at the end of a shard)."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -188,7 +188,7 @@ def files_sha(paths: list[tuple[str, Path]]) -> str:
 
 
 def utterance_seed(version: str, voice: str, text: str) -> int:
-    digest = hashlib.sha256(f"{version}\0{voice}\0{text}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{version}\0{voice}\0{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % (2**63)
 
 

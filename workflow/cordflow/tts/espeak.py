@@ -27,7 +27,7 @@ import re
 import struct
 import threading
 import unicodedata
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -233,7 +233,7 @@ def engine() -> _Engine:
         return _ENGINE
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 

@@ -17,7 +17,8 @@ measurements the quality checks need. Steps, in order:
 
 Loudness gain and peak cap are one gain, applied once, in the 16-bit conversion. The
 silence ratio the quality checks use is the share of quiet frames (step 1's threshold)
-inside the trimmed span, measured on the raw audio. Everything is deterministic: the same input gives byte-identical output.
+inside the trimmed span, measured on the raw audio. Everything is deterministic: the same
+input gives byte-identical output.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def silence_ratio(x: np.ndarray, rate: int, trim_db: float) -> float:
     return speech_span(x, rate, trim_db)[2]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _k_weighting(rate: int) -> np.ndarray:
     """pyloudnorm's K-weighting filters for ``rate`` as second-order sections."""
     import pyloudnorm

@@ -16,10 +16,11 @@ import inspect
 import logging
 import sys
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from cordflow.tts import post, quality
 from cordflow.tts.backends import Audio, Backend, Voice, get_backend
