@@ -240,6 +240,26 @@ def _head_fn(lm_head: nn.Module | Tensor) -> Callable[[Tensor], Tensor]:
     raise TypeError(f"lm_head must be an nn.Module or a weight tensor, not {type(lm_head)}")
 
 
+def _check_completion_args(student_hidden: Tensor, tokens: Tensor, mask: Tensor,
+                           teacher_hidden: Tensor | None, kl: str | None, chunk_size: int,
+                           temperature: float) -> None:
+    """The argument checks of :func:`completion_terms` (a clear error, not a shape crash)."""
+    if kl not in ("reverse", "sampled", "forward", None):
+        raise ValueError(f"completion_terms: kl '{kl}' is not one of "
+                         "['reverse', 'sampled', 'forward', None]")
+    if chunk_size < 1:
+        raise ValueError(f"completion_terms: chunk_size is {chunk_size}; it must be >= 1")
+    if temperature <= 0:
+        raise ValueError(f"completion_terms: temperature is {temperature}; it must be > 0")
+    B, T, _ = student_hidden.shape
+    if tokens.shape != (B, T) or mask.shape != (B, T):
+        raise ValueError(f"completion_terms: tokens {list(tokens.shape)} and mask "
+                         f"{list(mask.shape)} must be [B, T] = {[B, T]}")
+    if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
+        raise ValueError(f"completion_terms: teacher_hidden {list(teacher_hidden.shape)} "
+                         f"must match student_hidden {list(student_hidden.shape)}")
+
+
 def completion_terms(
     student_hidden: Tensor,
     lm_head: nn.Module | Tensor,
@@ -274,20 +294,9 @@ def completion_terms(
     one chunk are recomputed during backward. Peak extra memory is about one chunk's
     logits (a few ``chunk_size x V`` float32 buffers).
     """
-    if kl not in ("reverse", "sampled", "forward", None):
-        raise ValueError(f"completion_terms: kl '{kl}' is not one of "
-                         "['reverse', 'sampled', 'forward', None]")
-    if chunk_size < 1:
-        raise ValueError(f"completion_terms: chunk_size is {chunk_size}; it must be >= 1")
-    if temperature <= 0:
-        raise ValueError(f"completion_terms: temperature is {temperature}; it must be > 0")
+    _check_completion_args(student_hidden, tokens, mask, teacher_hidden, kl, chunk_size,
+                           temperature)
     B, T, _ = student_hidden.shape
-    if tokens.shape != (B, T) or mask.shape != (B, T):
-        raise ValueError(f"completion_terms: tokens {list(tokens.shape)} and mask "
-                         f"{list(mask.shape)} must be [B, T] = {[B, T]}")
-    if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
-        raise ValueError(f"completion_terms: teacher_hidden {list(teacher_hidden.shape)} "
-                         f"must match student_hidden {list(student_hidden.shape)}")
 
     head = _head_fn(lm_head)
     teacher_head = _head_fn(teacher_lm_head if teacher_lm_head is not None else lm_head)
