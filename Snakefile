@@ -24,3 +24,4 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        intermediate_outputs(),

@@ -4,9 +4,11 @@
 2. the full tts shard (voice choice, synthesis, post-processing, quality checks, store
    writes, the shard table) with 1 and with 2 threads, as clips/s and as a ratio of (1);
 3. a rerun with unchanged data (must synthesise 0 clips), in seconds;
-4. where post-processing time goes (ms per clip per step).
+4. where post-processing time goes (ms per clip per step);
+5. raw Piper (the `neural` voicing: en_US-joe-medium, one onnxruntime thread): its start
+   (model load, patch, determinism probe) and clips/s on ``--piper`` test questions.
 
-    python benchmarks/tts_throughput.py [--items 1380] [--repeat 3]
+    python benchmarks/tts_throughput.py [--items 1380] [--repeat 3] [--piper 60]
 
 Timings are the best of ``--repeat`` runs (the machine is shared: CPU-ms/clip, CPU time
 of all threads per clip, moves less with other load than wall time). Prints figures only;
@@ -48,6 +50,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=1380, help="questions (default: all 1380)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--piper", type=int, default=60,
+                    help="test questions for the Piper figure (0: skip it)")
     ap.add_argument("--workdir", default=".", help="the store goes in a temporary folder "
                     "here (default: the current folder, as the workflow's results/)")
     args = ap.parse_args()
@@ -59,7 +63,8 @@ def main() -> None:
         plan.run(params, [tmp / "qa" / "train.parquet", tmp / "qa" / "test.parquet"],
                  tmp / "plan")
         plan_path = tmp / "plan" / "0.parquet"
-        items = read_plan(plan_path).head(args.items)
+        full = read_plan(plan_path)
+        items = full.head(args.items)
         items.to_parquet(plan_path, index=False)
         n = len(items)
 
@@ -74,6 +79,9 @@ def main() -> None:
         print(f"{n} questions, {audio_s / n:.2f} s of raw audio each on average")
         print(f"raw espeak (in-process, 1 thread): {raw_rate:.0f} clips/s "
               f"({1000 * raw_s / n:.2f} ms/clip, {1000 * raw_cpu / n:.2f} CPU-ms/clip)")
+
+        if args.piper:
+            piper_speed(full, cfg, args.piper)
 
         post.process(raws[0].samples, raws[0].sample_rate, cfg["post"])  # imports, filters
         for threads in (1, 2):
@@ -116,6 +124,26 @@ def main() -> None:
         print("post-processing, CPU-ms per clip:")
         for name, secs in timings.items():
             print(f"  {name:<20} {1000 * secs / n:6.3f}")
+
+
+def piper_speed(items, cfg: dict, n: int) -> None:
+    """Raw Piper on the first ``n`` test questions (the split the `neural` voicing speaks),
+    once: its start, then clips/s (wall and CPU; onnxruntime runs one thread)."""
+    from cordflow.tts.backends import Voice
+    from cordflow.tts.piper import PiperBackend
+
+    texts = list(items.loc[items["split"] == "test", "spoken"].head(n))
+    start, cpu_start = time.perf_counter(), time.process_time()
+    backend = PiperBackend(cfg)
+    voice = Voice(next(iter(backend.speakers)))
+    backend.synthesize("Seven plus five?", voice)  # loads the model and probes it
+    started = time.perf_counter() - start
+    secs, busy, out = best(lambda: [backend.synthesize(t, voice) for t in texts], 1)
+    audio_s = sum(len(a.samples) / a.sample_rate for a in out)
+    print(f"raw piper ({backend.model_name}, 1 onnxruntime thread): start {started:.1f} s "
+          f"({time.process_time() - cpu_start - busy:.1f} CPU-s); {len(texts) / secs:.2f} "
+          f"clips/s ({1000 * busy / len(texts):.0f} CPU-ms/clip, {audio_s / len(texts):.2f} s "
+          f"of audio each, {audio_s / secs:.1f}x real time) on {len(texts)} test questions")
 
 
 if __name__ == "__main__":

@@ -21,24 +21,31 @@ envvars:
     "PYTHONPATH",
 
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
 from cordflow.config import (
+    ConfigError,
     benchmark_params,
     code_version,
     dumps,
     rule_params,
     upgrade_config,
+    validate_and_check,
 )
 from cordflow.evaluate.kinds import KINDS, MANIFEST, QA_TABLE
 from cordflow.train.methods import method_params
-from cordflow.tts.backends import BACKEND_ENVS
+from cordflow.tts.backends import shard_env
 
 # Deprecated keys (e.g. the `sft` section, now `warmup`) are moved to their new place with
-# a warning, then the config is validated (defaults filled) before any job is planned.
+# a warning, then the config is validated (defaults filled) and what its values name
+# (splits, voices, models, files...) checked before any job is planned: every problem,
+# one line each ("config key 'a.b': what is wrong, what is allowed").
 for note in upgrade_config(config):
     logger.warning(f"cordflow: {note}")
-validate(config, workflow.source_path("../config/schema.yaml"))
+try:
+    validate_and_check(config, workflow.source_path("../config/schema.yaml"))
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 SPLITS = config["source"]["splits"]
 N_SHARDS = config["tts"]["n_shards"]
@@ -72,14 +79,29 @@ def eval_params(wildcards):
     return dumps(benchmark_params(config, wildcards.benchmark))
 
 
+def train_kd_inputs(wildcards):
+    """A kd method's acoustic items (train.kd.acoustic_split): that split's QA table, an
+    input only of the methods whose spec has the acoustic term (cordflow.train.kd)."""
+    acoustic = method_params(config, wildcards.method)["method"].get("kd_acoustic")
+    if acoustic is None:
+        return {}
+    if acoustic["split"] not in SPLITS:
+        raise ValueError(
+            f"train.kd.acoustic_split '{acoustic['split']}' is not one of "
+            f"source.splits {SPLITS}"
+        )
+    return {"qa_acoustic": qa_table(acoustic["split"])}
+
+
 def train_init(wildcards):
     """The checkpoint every method starts from (train.init)."""
     return model_dir("warmup" if config["train"]["init"] == "warmup" else "base")
 
 
 def tts_env():
-    """The conda env of the configured TTS backend (cordflow.tts.backends.BACKEND_ENVS)."""
-    return f"../envs/{BACKEND_ENVS[config['tts']['backend']]}.yaml"
+    """The conda env of the configured TTS backends: tts.backend's and the voicings' must
+    share one (cordflow.tts.backends.shard_env, from BACKEND_ENVS)."""
+    return f"../envs/{shard_env(config['tts'])}.yaml"
 
 
 def repeat_opt(flag, paths):
@@ -120,10 +142,27 @@ def eval_tables():
     )
 
 
+def intermediate_outputs():
+    """What the final outputs are made from, also targets of `all` (the QA tables, the
+    shard tables, the manifest, every model and every evaluation). A forced rerun that is
+    killed or fails has deleted its output (Snakemake does so before the job), while the
+    final outputs made from it remain; as a target, a plain `snakemake` then makes it
+    again, and, being newer, reruns what was made from it (never "Nothing to be done"
+    beside a gap table of a model that is gone)."""
+    return [
+        *expand(QA_TABLE, split=SPLITS),
+        *expand("results/audio/shards/{k}.parquet", k=range(N_SHARDS)),
+        MANIFEST,
+        *[model_dir(m) for m in MODELS],
+        *eval_tables(),
+    ]
+
+
 def final_outputs():
     return [
         "results/eval/gap_table.csv",
         "results/eval/gap_plot.png",
+        "results/eval/paired.csv",
         # rules/provenance.smk: the lineage of all the others, for the report.
         "results/provenance/summary.csv",
     ]

@@ -34,6 +34,11 @@ rule summarize:
             caption="../report/gap_plot.rst",
             category="Audio-text gap",
         ),
+        paired=report(
+            "results/eval/paired.csv",
+            caption="../report/paired.rst",
+            category="Audio-text gap",
+        ),
     log:
         "logs/summarize.log",
     conda:
@@ -44,4 +49,5 @@ rule summarize:
         evals=lambda wildcards, input: repeat_opt("--eval", input),
     shell:
         "python -m cordflow summarize --params {params.cfg:q} {params.evals}"
-        " --out-table {output.table:q} --out-plot {output.plot:q} > {log:q} 2>&1"
+        " --out-table {output.table:q} --out-plot {output.plot:q}"
+        " --out-paired {output.paired:q} > {log:q} 2>&1"

@@ -3,8 +3,10 @@ rule source:
         local_source_files(),
     output:
         qa=expand(QA_TABLE, split=SPLITS),
-        rejected=report(
-            "results/qa/rejected.parquet",
+        rejected="results/qa/rejected.parquet",
+        # the same rows as a table for the report (it offers parquet as text)
+        rejected_table=report(
+            "results/qa/rejected.html",
             caption="../report/rejected.rst",
             category="Data",
         ),

@@ -39,8 +39,10 @@ rule tts_gather:
         shards=expand("results/audio/shards/{k}.parquet", k=range(N_SHARDS)),
     output:
         manifest=MANIFEST,
-        rejected=report(
-            "results/audio/rejected.parquet",
+        rejected="results/audio/rejected.parquet",
+        # the same rows as a table for the report (it offers parquet as text)
+        rejected_table=report(
+            "results/audio/rejected.html",
             caption="../report/audio_rejected.rst",
             category="Data",
         ),

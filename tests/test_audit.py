@@ -143,7 +143,9 @@ def test_a_tampered_upstream_artifact_fails_naming_it(repo, run):
     res = cordflow(repo, "audit", MANIFEST, cwd=run)
     assert res.returncode == 1
     assert "results/qa/train.parquet: changed" in res.stderr
-    assert "snakemake --forcerun source" in res.stderr
+    # the one job that makes it again (issue 16: not every job of the rule)
+    fix = "snakemake --forcerun results/qa/train.parquet -- results/qa/train.parquet"
+    assert f"rerun it: {fix}" in res.stderr and "run in this order" in res.stderr
 
 
 def test_a_deleted_upstream_file_fails_naming_it(repo, run):
@@ -202,6 +204,56 @@ def test_a_rerun_upstream_stage_makes_its_consumers_stale(repo, run):
     assert ("results/qa/train.parquet", "changed") in kinds(problems)
     assert all("results/audio/plan (rule tts_plan) was made from" in p.detail
                for p in problems), problems
+
+
+SHARD = "results/audio/shards/0.parquet"
+
+
+def test_a_changed_shard_is_repaired_by_its_one_job(repo, run):
+    """Issue 16: the advice was `--forcerun tts_shard` (every shard and all after them);
+    the shard's own job makes it again (the same bytes: its consumers stay valid)."""
+    with open(run / SHARD, "ab") as f:
+        f.write(b"x")
+    report = audit.audit(MANIFEST, "results")
+    fix = f"snakemake --forcerun {SHARD} -- {SHARD}"
+    assert [p.detail.split("; ")[-1] for p in report.problems] == [f"rerun it: {fix}"]
+    assert report.commands == [fix]
+    res = cordflow(repo, "audit", MANIFEST, cwd=run)
+    assert res.returncode == 1 and f"    {fix}\n" in res.stderr
+    assert "--forcerun tts_shard" not in res.stderr
+
+
+def test_a_changed_clip_is_repaired_by_the_shard_that_lists_it(run):
+    clip = store_clips(run)[0]
+    clip.write_bytes(clip.read_bytes()[:-10])
+    shard = next(s for s in (SHARD, "results/audio/shards/1.parquet")
+                 if any(c["path"].endswith(clip.name)
+                        for c in read_record(record_path(run / s))["companions"]))
+    assert audit.audit(MANIFEST, "results").commands == [
+        f"snakemake --forcerun {shard} -- {shard}"]
+
+
+def test_a_changed_folder_reruns_with_what_was_made_from_it(run):
+    """A folder artifact (a model, the shard plans) is made again with its consumers:
+    Snakemake would rerun them anyway for the folder's new time."""
+    (run / "results/audio/plan/1.parquet").write_bytes(b"edited")
+    report = audit.audit(MANIFEST, "results")
+    assert report.commands == ["snakemake --forcerun results/audio/plan"]
+    # its consumer (the shard job that read the file) needs no command of its own
+    read = [p for n in report.auditor._nodes.values() if n.rule == "tts_shard"
+            for child in n.children for p in child.problems]
+    assert read and all("is itself changed" in p.detail for p in read)
+
+
+def test_a_stale_consumer_is_rerun_with_what_was_made_from_it(repo, run):
+    ok(cordflow(repo, "source", "--params", json.dumps({**SOURCE, "seed": 4}), "--out-dir",
+                "results/qa", cwd=run))
+    report = audit.audit(MANIFEST, "results")
+    assert report.commands == ["snakemake --forcerun results/audio/plan"]
+    # from elsewhere: the command says where to run it
+    os.chdir(run.parent)
+    assert audit.audit(run / MANIFEST).commands == [
+        f"cd {run} && snakemake --forcerun results/audio/plan"]
 
 
 def test_an_unreadable_record_is_a_problem(run):
@@ -269,7 +321,8 @@ def test_export_crate_writes_a_valid_workflow_run_crate(repo, run):
     assert actions["#workflow-run"]["instrument"] == {"@id": "Snakefile"}
     source_run = next(e for e in actions.values() if e.get("instrument") == {"@id": "#rule-source"})
     assert {r["@id"] for r in source_run["result"]} == {
-        "results/qa/train.parquet", "results/qa/test.parquet", "results/qa/rejected.parquet"}
+        "results/qa/train.parquet", "results/qa/test.parquet", "results/qa/rejected.parquet",
+        "results/qa/rejected.html"}
     # Every file under results/ is in the crate with its sha256; sources are described.
     for f in (run / "results").rglob("*"):
         if f.is_file():

@@ -35,6 +35,26 @@ def test_schema_method_pattern_is_the_registry_pattern():
     assert _train_props()["methods"]["items"]["pattern"] == methods.name_pattern()
 
 
+def test_summarize_pairs_name_base_warmup_or_a_method():
+    """summarize.pairs: a pair names models (base, warmup, any method name); one this run
+    lacks is skipped by the stage, a name that is no model fails at DAG build."""
+    from cordflow.config import ConfigError, validate_and_check
+
+    def check(pairs):
+        cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        return validate_and_check({**cfg, "summarize": {"pairs": pairs}})
+
+    ok = [["cord_a1.5_b2", "base"], ["opd", "warmup"], *[[m, "sft"] for m in methods.METHODS
+                                                         if m != "sft"]]
+    assert check(ok)["summarize"]["pairs"] == ok
+    with pytest.raises(ConfigError, match=r"config key 'summarize.pairs\[0\]\[1\]': 'kd' is "
+                                          r"no model; allowed: base, warmup or a method name"):
+        check([["cord", "kd"]])
+    for bad in ([["cord", "cord"]], [["cord"]]):  # a pair of two different models
+        with pytest.raises(ConfigError, match=r"config key 'summarize.pairs\[0\]'"):
+            check(bad)
+
+
 @pytest.mark.parametrize("name", [*methods.METHODS, "cord_a1.5_b2", "cord_a2_b1"])
 def test_every_name_the_schema_accepts_resolves(name):
     assert re.fullmatch(methods.name_pattern(), name)
@@ -73,7 +93,9 @@ def test_cli_and_readme_name_every_method():
 
 # -- TTS backends ------------------------------------------------------------------------
 def test_schema_backend_enum_is_the_registry():
-    assert SCHEMA["properties"]["tts"]["properties"]["backend"]["enum"] == list(
+    tts = SCHEMA["properties"]["tts"]["properties"]
+    assert tts["backend"]["enum"] == list(backends.BACKEND_CLASSES)
+    assert tts["voicings"]["additionalProperties"]["properties"]["backend"]["enum"] == list(
         backends.BACKEND_CLASSES)
     assert set(backends.BACKEND_ENVS) == set(backends.BACKEND_CLASSES)
 

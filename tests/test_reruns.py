@@ -61,6 +61,7 @@ KNOBS = [
      {"tts_plan", *shards(3), "tts_gather", *FROM_BASE}),
     ("tts.post.loudness_lufs", {"tts": {"post": {"loudness_lufs": -20.0}}}, FROM_SHARDS),
     ("tts.train_takes", {"tts": {"train_takes": 2}}, FROM_SHARDS),
+    ("tts.piper.length_scale", {"tts": {"piper": {"length_scale": 1.1}}}, FROM_SHARDS),
     ("model.max_new_tokens", {"model": {"max_new_tokens": 5}}, FROM_BASE),
     ("base.audio.steps", {"base": {"audio": {"steps": 3}}}, FROM_BASE),
     ("warmup.lr", {"warmup": {"lr": 3e-4}},

@@ -42,7 +42,8 @@ def test_extract_number(text, number):
 
 
 @pytest.mark.parametrize("raw", ["12", "12.0", "-3", "0.50", "1,234.50", ".5", "+3", "-0",
-                                 "007", "1,000,000", "2.000"])
+                                 "007", "1,000,000", "2.000", "3/4", "2/6", "-1/3",
+                                 "\\frac{3}{4}"])
 def test_numbers_are_canonical_like_the_qa_tables(raw):
     got = extract(raw, "number")
     assert got == source_canonical(raw)

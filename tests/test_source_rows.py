@@ -23,8 +23,11 @@ from cordflow.source.schema import qa_frame
     "text, number",
     [("12", "12"), ("-3", "-3"), ("+3", "3"), ("0.50", "0.5"), ("2.0", "2"), ("-0", "0"),
      ("1,234", "1234"), ("1,234.50", "1234.5"), (".5", "0.5"), ("007", "7"), ("−4", "-4"),
-     ("1,23", None), ("twelve", None), ("1/2", None), ("", None), ("1e5", None),
-     ("12 apples", None)],
+     ("1,23", None), ("twelve", None), ("", None), ("1e5", None), ("12 apples", None),
+     # a fraction is the same number as its decimal (issue 16): one number type
+     ("1/2", "0.5"), ("3/4", "0.75"), ("-3/4", "-0.75"), ("3 / 4", "0.75"), ("6/3", "2"),
+     ("2/6", "1/3"), ("\\frac{3}{4}", "0.75"), ("\\dfrac{1}{3}", "1/3"), ("1/0", None),
+     ("1/2/3", None)],
 )
 def test_canonical_number(text, number):
     assert canonical_number(text) == number
@@ -108,3 +111,19 @@ def test_counts_that_do_not_add_up_fail_loudly():
     out = Outcome(kept=[], rejected=[], counts={"a": Counter({"in": 1, "kept": 1})})
     with pytest.raises(RuntimeError, match="do not add up"):
         check_counts(out)
+
+
+def test_a_fraction_answer_is_a_number_equal_to_its_decimal():
+    """Issue 16: "3/4" was typed text, so a reply of 0.75 did not match it."""
+    from cordflow.scoring import match
+
+    row = check(candidate(answer="3/4"), ["train"], 1000)
+    assert (row["answer_type"], row["answer"]) == ("number", "0.75")
+    third = check(candidate(answer="2/6"), ["train"], 1000)
+    assert (third["answer_type"], third["answer"]) == ("number", "1/3")
+    QA_SCHEMA.validate(qa_frame([row]))
+    QA_SCHEMA.validate(qa_frame([good_row(answer="1/3")]))  # no finite decimal: a fraction
+    for reply in ("0.75", "3/4", "The answer is \\frac{3}{4}.", "6/8"):
+        assert match(reply, row["answer"], "number"), reply
+    assert match("1/3", third["answer"], "number") and match("2/6", third["answer"], "number")
+    assert not match("0.33", third["answer"], "number")

@@ -84,6 +84,14 @@ def test_fraction_words(num, den, words):
         (r"It costs \$5.", "It costs five dollars."),
         # markup
         ("<b>Bold</b> and **strong** words<br/>", "Bold and strong words"),
+        # any HTML element, script and style with their code, comments, escaped markup
+        ("<script>alert('hi')</script>What is 2 plus 2?", "What is two plus two?"),
+        ('<p class="q">What is <span style="color:red">3</span> plus 4?</p>',
+         "What is three plus four?"),
+        ("<style>p {color: red}</style><h2>Name a colour.</h2><!-- note -->",
+         "Name a colour."),
+        ("&lt;script&gt;x()&lt;/script&gt;What is 1 plus 1?", "What is one plus one?"),
+        ("Is 3<a and a>2?", "Is three is less than a and a is greater than two?"),
         ("Fish &amp; chips", "Fish and chips"),
     ],
 )

@@ -18,6 +18,9 @@ TERMS_OF = {  # method -> the terms it runs, in order
     "sft": ["offpolicy"], "forward_kl": ["offpolicy"], "opd": ["token"], "grpo": ["sequence"],
     "opd_grpo": ["sequence", "token"], "cord": ["sequence", "token"],
     "cord_a1.5_b2": ["sequence", "token"],
+    # kd methods (tests/test_losses_kd.py runs them; kd_acoustic needs train.kd.acoustic_split)
+    "kd_source": ["offpolicy", "kd_text"], "kd_layer": ["offpolicy", "kd_layer"],
+    "kd_source_layer": ["offpolicy", "kd_text", "kd_layer"],
 }
 
 
@@ -30,10 +33,11 @@ def spec_of(repo, method, **train):
 
 
 class ParityJudge:
-    """Mixed rewards from an untrained model: 1 when the rollout has an even length."""
+    """Mixed rewards in every group, whatever an untrained model samples: 1 for every other
+    rollout (the rollouts of a prompt are consecutive)."""
 
     def __call__(self, rollouts, references, items):
-        return [Verdict(int(len(r) % 2 == 0), "parity") for r in rollouts]
+        return [Verdict(int(i % 2 == 0), "parity") for i in range(len(rollouts))]
 
 
 class Engine:

@@ -53,6 +53,17 @@ def test_sweep_names_set_alpha_and_beta(config):
     ({"offpolicy": {"temperature": 0.5}}, {"sft", "forward_kl"}, {"opd", "grpo", "cord"}),
     ({"teacher": {"kind": "live"}}, {"forward_kl", "opd", "grpo", "cord"}, {"sft"}),
     ({"lr": 0.0003}, set(BASE_METHODS), set()),
+    # knowledge distillation (train.kd): only the kd methods that use the knob
+    ({"kd": {"lambda_text": 0.5}}, {"kd_source", "kd_source_layer"},
+     {"sft", "forward_kl", "opd", "grpo", "cord", "kd_layer"}),
+    ({"kd": {"distance": "mse"}}, {"kd_layer", "kd_source_layer"},
+     {"sft", "forward_kl", "cord", "kd_source"}),
+    ({"kd": {"acoustic_split": "dev"}}, {"kd_source", "kd_source_layer"},
+     {"sft", "forward_kl", "cord", "kd_layer"}),
+    ({"kd": {"text_teacher": "/models/text-lm"}}, {"kd_source", "kd_layer", "kd_source_layer"},
+     {"sft", "forward_kl", "opd", "grpo", "cord"}),
+    ({"offpolicy": {"temperature": 0.5}}, {"kd_source", "kd_layer", "kd_source_layer"},
+     {"opd", "grpo", "cord"}),
 ])
 def test_a_knob_changes_only_the_specs_that_read_it(config, knob, changed, unchanged):
     for name in changed:

@@ -65,6 +65,11 @@ def test_every_method_trains_logs_and_saves(repo, spoken, init_dir, tmp_path, me
             "time_student_forward", "time_backward"}
     if method in ("opd", "opd_grpo", "cord"):
         want |= {"loss_token", "kl_mean", "kl_topk_share", "time_teacher_forward"}
+    if method.startswith("kd_"):
+        want |= {"loss_sft", "time_teacher_forward"}
+        want |= {"loss_kd_text", "kd_text_kl_mean"} if "source" in method else set()
+        want |= {"loss_kd_layer"} if "layer" in method else set()
+        assert (out / "kd_layers.json").exists() == ("layer" in method)
     if method in ("grpo", "opd_grpo", "cord"):
         want |= {"loss_sequence", "reward_mean", "adv_std"}
         verdicts = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
@@ -78,6 +83,47 @@ def test_every_method_trains_logs_and_saves(repo, spoken, init_dir, tmp_path, me
     assert (out / "tb").is_dir()
     loaded = models.load(out, params["model"])  # evaluation loads the merged model
     assert not hasattr(loaded.model, "peft_config")
+
+
+def test_kd_with_acoustic_items_and_a_separate_text_teacher(repo, spoken, init_dir, tmp_path,
+                                                          monkeypatch):
+    """kd_source_layer with the test split as the acoustic items and a separate, narrower
+    text LM: every term runs, the layer map's projections are saved beside the model; with
+    lambda_ac = 0 the acoustic teacher is never even built."""
+    from safetensors.torch import load_file as load
+
+    from cordflow.train import kd
+
+    loaded = models.load(init_dir, params_for(repo, "sft")["model"])
+    teacher_dir = tiny.text_lm(tmp_path / "text_lm", loaded.tokenizer, hidden_size=32, layers=3)
+    kd_cfg = {"acoustic_split": "test", "text_teacher": str(teacher_dir), "layers": "top"}
+    params = params_for(repo, "kd_source_layer", kd=kd_cfg)
+    out = tmp_path / "kd"
+    train(params, init_dir, spoken, out)
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert {"loss_sft", "loss_kd_text", "loss_kd_layer", "loss_kd_acoustic",
+                "kd_acoustic_kl_mean"} <= set(r)
+        assert all(v == v for k, v in r.items() if k != "phase")
+    assert json.loads((out / "kd_layers.json").read_text())["pairs"] == [[3, 2]]
+    proj = load(str(out / "kd_projection.safetensors"))
+    assert [tuple(v.shape) for v in proj.values()] == [(32, 128)]
+    models.load(out, params["model"])  # still a plain Qwen2-Audio
+
+    built = []
+
+    class Counted(kd.AcousticTeacher):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(kd, "AcousticTeacher", Counted)
+    no_ac = params_for(repo, "kd_source", kd={**kd_cfg, "lambda_ac": 0.0})
+    train(no_ac, init_dir, spoken, tmp_path / "no_ac")
+    assert built == []
+    rows = [json.loads(x) for x in (tmp_path / "no_ac" / "train_log.jsonl").read_text()
+            .splitlines()]
+    assert all("loss_kd_acoustic" not in r for r in rows)
 
 
 class Killed(Exception):

@@ -95,3 +95,38 @@ def test_more_takes_than_training_voices_fails_naming_the_key(backend):
     n = len(VoiceChooser(backend, cfg, 0).train)
     with pytest.raises(VoiceError, match=rf"'tts.train_takes' is {n + 1} .* gives {n} voices"):
         VoiceChooser(backend, {**cfg, "train_takes": n + 1}, 0)
+
+
+# -- voicings (tts.voicings): the questions of some splits once more, in other voices -----
+CLAN = "en-gb-x-gbclan"  # an espeak voice in neither default set
+def test_a_voicing_adds_one_take_after_the_main_ones_to_its_splits_only(backend):
+    cfg = tts_config({"tts": {"train_takes": 2, "voicings": {
+        "neural": {"backend": "piper", "splits": ["test"], "voices": ["a", "b", "c"]},
+        "accent": {"backend": "espeak", "splits": ["test", "train"], "voices": [CLAN]}}}})
+    chooser = VoiceChooser(backend, cfg, seed=1234)  # no piper here: its names, unchecked
+    for i in IDS[:50]:
+        train = chooser.clips_of(i, "train")
+        assert train[:2] == [("main", v) for v in chooser.voices_of(i, "train")]
+        assert len(train) == 3 and train[2][0] == "accent"
+        test = chooser.clips_of(i, "test")
+        assert [v for v, _ in test] == ["main", "accent", "neural"]  # voicings in name order
+        assert test[0][1] == chooser(i, "test") and test[1][1].name == CLAN
+        assert test[2][1] in {Voice("a"), Voice("b"), Voice("c")}
+        assert chooser.clips_of(i, "dev") == [("main", chooser(i, "dev"))]
+    assert len({chooser.clips_of(i, "test")[2][1] for i in IDS}) == 3
+
+
+def test_a_voicing_voice_is_checked_by_its_backend_naming_the_key(backend):
+    cfg = tts_config({"tts": {"voicings": {
+        "accent": {"backend": "espeak", "splits": ["test"], "voices": [CLAN, "xx-nope"]}}}})
+    with pytest.raises(VoiceError, match=r"config key 'tts.voicings.accent.voices\[1\]'"):
+        VoiceChooser(backend, cfg, 0)
+
+
+def test_a_voicing_cannot_be_called_main(backend):
+    cfg = tts_config({})
+    cfg["voicings"] = {"main": {"backend": "espeak", "splits": ["test"], "voices": [CLAN]}}
+    with pytest.raises(VoiceError, match="tts.voicings.main"):
+        VoiceChooser(backend, cfg, 0)
+    with pytest.raises(ValueError, match="voicings"):  # the schema refuses it first
+        tts_config({"tts": {"voicings": cfg["voicings"]}})

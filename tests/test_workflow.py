@@ -35,13 +35,20 @@ def test_workflow_runs_end_to_end(completed_run):
     local = qa[qa["origin"].str.startswith(f"{LOCAL_QA}:")]
     assert sorted(local["question"]) == sorted(r["question"] for r in LOCAL_ROWS)
     # every question was spoken (or kept aside with a reason): a manifest row per take,
-    # tts.train_takes of them for a train question, one for any other
+    # tts.train_takes of them for a train question, one for any other, and one more per
+    # voicing of its split (config.yaml's `neural`: the test questions in a Piper voice)
     cfg = load_config(REPO / "config" / "config.yaml", overrides=test_cfg)
     n_takes = cfg["tts"]["train_takes"]
+    voicings = cfg["tts"]["voicings"]
     manifest = pd.read_parquet(results / "audio" / "manifest.parquet")
     takes = manifest.groupby("id")["take"].apply(list).to_dict()
-    assert takes == {i: list(range(n_takes if s == "train" else 1))
+    assert takes == {i: list(range((n_takes if s == "train" else 1)
+                                   + sum(s in v["splits"] for v in voicings.values())))
                      for i, s in zip(qa["id"], qa["split"])}
+    for name, v in voicings.items():
+        clips = manifest[manifest["voicing"] == name]
+        assert len(clips) and set(clips["split"]) <= set(v["splits"])
+        assert (clips["backend"] == v["backend"]).all() and clips["voice"].isin(v["voices"]).all()
     gap = pd.read_csv(results / "eval" / "gap_table.csv")
     rows = gap[gap["benchmark"] == "builtin"].set_index("model")
     assert sorted(rows.index) == sorted(MODELS)

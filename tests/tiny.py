@@ -50,3 +50,25 @@ def items(n: int = 8) -> pd.DataFrame:
                      "answer_type": "number", "choices": None,
                      "audio": tone(0.5 + 0.1 * (i % 5), 200 + 40 * i)})
     return pd.DataFrame(rows)
+
+
+def text_lm(folder, tokenizer, hidden_size: int = 64, layers: int = 3, seed: int = 0):
+    """A tiny transformers causal LM (Qwen2) saved in ``folder`` with ``tokenizer``: a
+    separate text teacher for the kd methods (``train.kd.text_teacher``)."""
+    import math
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    vocab = 64 * math.ceil(len(tokenizer) / 64)
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -17,6 +17,15 @@ small thread pool for the many-file cases (model folders, audio stores).
 Problems are :class:`Problem` values (path, kind, detail); kinds: ``changed`` (content
 differs from what was recorded), ``missing`` (recorded but gone), ``unrecorded`` (a
 workflow file no record covers), ``bad-record`` (a record that cannot be read).
+
+Each problem says how to repair it with the fewest jobs (:func:`repair_command`): an
+artifact that is changed or gone is made again by ``snakemake --forcerun P -- P`` (a file:
+that one job; the same bytes come back, so what was made from it stays valid) or
+``snakemake --forcerun P`` (a folder such as a model: its job and the jobs made from it,
+which Snakemake would rerun anyway for the folder's new time); an artifact made from an
+input that has changed since (a stale consumer) by ``snakemake --forcerun P``. A consumer
+of an artifact that is itself changed needs nothing of its own: repairing the artifact
+repairs it. :attr:`Report.commands` lists the commands in the order to run them.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +152,8 @@ class Auditor:
         self.records: dict[Path, dict[str, Any]] = {}  # artifact -> record (checked)
         self.sources: dict[Path, dict[str, Any]] = {}  # source path -> input entry
         self.by_artifact: dict[Path, list[Problem]] = {}  # artifact -> what fails its check
+        self.damaged: set[Path] = set()  # artifacts whose own files fail their record
+        self.repairs: dict[str, int] = {}  # command -> order (files first, then the rest)
         self._nodes: dict[Path, Node] = {}
         self._companions: dict[Path, Path] | None = None  # companion file -> artifact
 
@@ -257,35 +269,48 @@ class Auditor:
             node.children.append(self._check_input(node, path, base, entry))
         return node
 
+    def _fix(self, path: Path, rec: dict[str, Any], stale: bool = False) -> str:
+        """The advice for ``path`` (recorded by ``rec``; ``stale``: made from inputs that
+        changed since), remembered in :attr:`repairs`; not stale: ``path`` is damaged."""
+        command = repair_command(path, rec, self.record_base(path, rec), stale)
+        self.repairs.setdefault(command, 1 if stale or rec.get("type") == "directory" else 0)
+        if not stale:
+            self.damaged.add(path)
+        return f"rerun it: {command}"
+
     def _check_content(self, node: Node, path: Path, rec: dict[str, Any]) -> None:
         rule = rec.get("rule")
-        fix = f"rerun it (snakemake --forcerun {rule})"
+
+        def fix() -> str:
+            return self._fix(path, rec)
+
         if not path.exists():
             self._problem(node, path, "missing", f"written by rule {rule} (record "
-                          f"{record_path(path).name} is still there) but gone; {fix}")
+                          f"{record_path(path).name} is still there) but gone; {fix()}")
         elif rec.get("type") == "directory":
             if not path.is_dir():
-                self._problem(node, path, "changed", f"recorded as a directory, now a file; {fix}")
+                self._problem(node, path, "changed", "recorded as a directory, now a file; "
+                              f"{fix()}")
                 return
             recorded, now = rec.get("files") or {}, self.hashes.tree(path)
             for rel in sorted(recorded.keys() | now.keys()):
                 member = path / rel
                 if rel not in now:
                     self._problem(node, member, "missing", f"file of {shown(path)} (rule "
-                                  f"{rule}) is gone; {fix}")
+                                  f"{rule}) is gone; {fix()}")
                 elif rel not in recorded:
                     self._problem(node, member, "unrecorded", f"file in {shown(path)} that its "
-                                  f"record does not list (added after rule {rule} ran); {fix}")
+                                  f"record does not list (added after rule {rule} ran); {fix()}")
                 elif recorded[rel] != now[rel]:
                     self._problem(node, member, "changed", f"sha256 {short(now[rel])} but rule "
-                                  f"{rule} wrote {short(recorded[rel])}; {fix}")
+                                  f"{rule} wrote {short(recorded[rel])}; {fix()}")
         elif not path.is_file():
-            self._problem(node, path, "changed", f"recorded as a file, now a directory; {fix}")
+            self._problem(node, path, "changed", f"recorded as a file, now a directory; {fix()}")
         else:
             now_sha = self.hashes.sha256(path)
             if now_sha != rec.get("sha256"):
                 self._problem(node, path, "changed", f"sha256 {short(now_sha)} but rule {rule} "
-                              f"wrote {short(rec.get('sha256'))}; {fix}")
+                              f"wrote {short(rec.get('sha256'))}; {fix()}")
 
     def _check_companions(self, node: Node, base: Path, rec: dict[str, Any]) -> None:
         companions = rec.get("companions") or []
@@ -298,13 +323,13 @@ class Auditor:
         for c, p in zip(companions, paths):
             if not p.is_file():
                 self._problem(node, p, "missing", f"run-time output of rule {rule} (listed in "
-                              f"{record_path(node.path).name}) is gone; rerun it (snakemake "
-                              f"--forcerun {rule})")
+                              f"{record_path(node.path).name}) is gone; "
+                              f"{self._fix(node.path, rec)}")
                 bad += 1
             elif self.hashes.sha256(p) != c.get("sha256"):
                 self._problem(node, p, "changed", f"sha256 {short(self.hashes.sha256(p))} but "
-                              f"rule {rule} recorded {short(c.get('sha256'))}; rerun it "
-                              f"(snakemake --forcerun {rule})")
+                              f"rule {rule} recorded {short(c.get('sha256'))}; "
+                              f"{self._fix(node.path, rec)}")
                 bad += 1
         where = os.path.commonpath([str(p) for p in paths])
         status = "all match" if not bad else f"{bad} differ"
@@ -337,9 +362,15 @@ class Auditor:
             what = (f"sha256 {short(now_sha)}, recorded {short(entry.get('sha256'))}"
                     if p.is_file() else "now a directory")
         if differ:
+            held = cov[0] if cov is not None else None
+            if held is not None and held in self.damaged:
+                fix = (f"{shown(held)} is itself changed (see its own problem): repairing it "
+                       f"repairs {shown(consumer)}")
+            else:  # the input is what its own record says: the consumer is out of date
+                fix = (f"bring {shown(consumer)} up to date: "
+                       + self._fix(consumer, self.records[consumer], stale=True))
             self._problem(child, p, "changed", f"is not the version {made} was made from "
-                          f"({what}); rerun snakemake to bring {shown(consumer)} up to date",
-                          about=consumer)
+                          f"({what}); {fix}", about=consumer)
         if cov is None:
             if entry.get("record"):
                 self._problem(child, p, "unrecorded", f"its record {entry['record']} (there "
@@ -375,6 +406,42 @@ class Report:
     def of(cls, root: Node, auditor: Auditor, t0: float) -> Report:
         return cls(root, auditor.problem_list(), len(auditor.hashes), auditor.hashes.bytes,
                    time.perf_counter() - t0, auditor)
+
+    @property
+    def commands(self) -> list[str]:
+        """The repair commands of the problems, in the order to run them: the artifacts
+        made again alone first, then those that rerun what was made from them."""
+        repairs = self.auditor.repairs
+        return sorted(repairs, key=lambda c: repairs[c])
+
+
+# Snakemake's --max-checksum-file-size default: a file input up to this size is compared
+# by content (the same bytes again: its consumers do not rerun), a larger one by time.
+CHECKSUM_MAX_BYTES = 1_000_000
+
+
+def repair_command(path: Path, rec: dict[str, Any], base: Path, stale: bool = False) -> str:
+    """The Snakemake command that makes the artifact at ``path`` (recorded by ``rec``, its
+    job run in ``base``) consistent again with the fewest jobs.
+
+    A file that is changed or gone: ``snakemake --forcerun P -- P``, that job alone (its
+    code and inputs are those of the run, so the same bytes come back and what was made
+    from it stays valid; a file above Snakemake's checksum size would rerun its consumers
+    on the next run, so they are rerun now). A folder (a model): ``snakemake --forcerun P``,
+    its job and those made from it (Snakemake reruns them for the folder's new time
+    anyway). ``stale``: ``path`` was made from inputs that changed since, so it and what
+    was made from it rerun: ``snakemake --forcerun P``."""
+    target = Path(os.path.normpath(rec.get("artifact") or path))
+    if target.is_absolute() and base in target.parents:
+        target = target.relative_to(base)
+    quoted = shlex.quote(target.as_posix())
+    alone = (not stale and rec.get("type") != "directory"
+             and (rec.get("bytes") or 0) <= CHECKSUM_MAX_BYTES)
+    command = (f"snakemake --forcerun {quoted} -- {quoted}" if alone
+               else f"snakemake --forcerun {quoted}")
+    if norm(base) != norm(os.getcwd()):
+        command = f"cd {shlex.quote(str(base))} && {command}"
+    return command
 
 
 def results_of(path: str | Path) -> Path:

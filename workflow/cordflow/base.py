@@ -4,7 +4,8 @@ Real presets: the staged checkpoint itself. The output folder then holds ``stage
 (the folder's path and the sha256 of every file in it) and :func:`cordflow.models.load`
 follows it, so 15 GB of weights are neither copied nor downloaded.
 
-``tiny``: build the base the way real audio LMs are built, so that a real audio-text gap
+``tiny`` (and ``qwen2-audio-shape``, the same with the 7B's tokenizer, vocabulary and audio
+window): build the base the way real audio LMs are built, so that a real audio-text gap
 exists:
 
 (a) text pre-training of a fresh model on the QA train split (all of it, text prompts ->
@@ -39,7 +40,7 @@ log = logging.getLogger("cordflow.base")
 def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Path) -> None:
     mcfg = section(params, "model")
     cfg = section(params, "base")
-    if mcfg["preset"] != "tiny":
+    if mcfg["preset"] not in models.BUILT_PRESETS:
         stage_pointer(mcfg, out_dir)
         return
     seed = int(params.get("seed", 0))
@@ -55,7 +56,7 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
 
     corpus = models.tiny_corpus(list(text_train["question"]), list(text_train["answer"]),
                                 mcfg["system_prompt"])
-    model, processor = models.build_tiny(mcfg["tiny"], corpus, seed)
+    model, processor = models.build(mcfg, corpus, seed)
     device = models.resolve_device(mcfg)
     model.to(device)
     loaded = models.Loaded(model, processor, device, mcfg["system_prompt"], mcfg["instruction"])

@@ -169,6 +169,9 @@ def train(
                                                   f"{_method_names()}.")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
+    qa_acoustic: Annotated[Path | None, typer.Option(
+        help="kd methods with train.kd.acoustic_split: that split's QA table (default: "
+             "<split>.parquet beside --qa-train).")] = None,
 ):
     """Train one method of train.methods (cordflow.train.methods.METHODS).
 
@@ -186,8 +189,10 @@ def train(
         p = method_params(load_config(config), method)
     else:
         p = _params("train", params, None)
-    with stage_run("train", p, [init_dir, qa_train, manifest], [out_dir]):
-        stage.run(p, init_dir, qa_train, manifest, out_dir)
+    qa_acoustic = stage.acoustic_table(p["method"], qa_train, qa_acoustic)
+    inputs = [init_dir, qa_train, manifest, *([qa_acoustic] if qa_acoustic else [])]
+    with stage_run("train", p, inputs, [out_dir]):
+        stage.run(p, init_dir, qa_train, manifest, out_dir, qa_acoustic)
 
 
 @app.command()
@@ -222,16 +227,22 @@ def summarize(
     evals: Annotated[list[Path], typer.Option("--eval", help="Per-item tables (repeat).")],
     out_table: Annotated[Path, typer.Option()],
     out_plot: Annotated[Path, typer.Option()],
+    out_paired: Annotated[
+        Path | None,
+        typer.Option(help="Also write the paired comparisons of summarize.pairs here."),
+    ] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
 ):
-    """gap_table.csv (text/audio accuracy, gap, gap reduction, 95 % CIs) and a plot."""
+    """gap_table.csv (text/audio accuracy, gap, gap reduction, 95 % CIs), a plot and the
+    paired differences (paired.csv: e.g. cord - sft, paired bootstrap intervals)."""
     from cordflow import summarize as stage
     from cordflow.stage import stage_run
 
     p = _params("summarize", params, config)
-    with stage_run("summarize", p, evals, [out_table, out_plot]):
-        stage.run(p, evals, out_table, out_plot)
+    outs = [out_table, out_plot, *([out_paired] if out_paired else [])]
+    with stage_run("summarize", p, evals, outs):
+        stage.run(p, evals, out_table, out_plot, out_paired)
 
 
 # -- provenance: the report's summary (a rule), audit and RO-Crate export (by hand) --------
@@ -306,6 +317,11 @@ def audit(
     if report.problems:
         for problem in report.problems:
             err.print(f"[red]{problem}[/]", highlight=False, soft_wrap=True)
+        if report.commands:
+            err.print("to repair with the fewest jobs, run in this order (with the run's "
+                      "own --configfile/--profile options):", highlight=False)
+            for command in report.commands:
+                err.print(f"    {command}", highlight=False, soft_wrap=True, markup=False)
         err.print(f"{summary}: [red]{len(report.problems)} problem(s)[/]", highlight=False)
         raise typer.Exit(1)
     out.print(f"{summary}: [green]all consistent[/]", highlight=False)

@@ -2,7 +2,8 @@
 
 :func:`spoken_pairs` gives one row per usable clip (id, take, question, answer,
 answer_type, choices, split, audio_path, voice): a train question spoken in several voices
-(``tts.train_takes``) gives a row per take. Clips the TTS quality checks rejected and
+(``tts.train_takes``) gives a row per take. Only the main voicing's clips are used (those of
+``tts.voicings`` are for benchmarks). Clips the TTS quality checks rejected and
 questions with no clip at all are counted and logged with their reasons, never dropped
 silently. :class:`Batches` deals deterministic batches by step number, so a resumed
 training run sees exactly the batches an uninterrupted one would. :class:`Prefetch` prepares
@@ -47,7 +48,8 @@ def spoken_pairs(qa_path: str | Path, manifest_path: str | Path | None) -> Pairs
     from cordflow.tts.schema import read_manifest
 
     manifest = read_manifest(manifest_path)
-    manifest = manifest[manifest["id"].isin(qa["id"])]
+    # the main voicing only: the clips of tts.voicings are benchmarks, never trained on
+    manifest = manifest[manifest["id"].isin(qa["id"]) & (manifest["voicing"] == "main")]
     ok = manifest["status"] != "rejected"
     clips = manifest.loc[ok, ["id", "take", "path", "voice"]].rename(
         columns={"path": "audio_path"})

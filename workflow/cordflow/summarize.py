@@ -29,6 +29,17 @@ Audio-only benchmarks (mmau) have an audio accuracy ("audio skills kept") and no
 accuracy, gap or own gap, and are left out of the mean row and the gap reduction. All the
 gap arithmetic is :func:`gap_arithmetic`. ``results/eval/gap_plot.png``: text and audio
 accuracy per model, one panel per benchmark, with the intervals (deterministic bytes).
+
+``results/eval/paired.csv`` (:data:`PAIRED_COLUMNS`): paired comparisons, one block per
+pair of ``summarize.pairs`` (``[model, reference]``, e.g. cord - sft), with a row per
+benchmark and a ``mean`` row like the gap table's: ``d_text_acc``, ``d_audio_acc`` (model
+minus reference, points) and on the ``mean`` row ``d_gap_reduction`` (the model's gap
+reduction minus the reference's, points), each with a percentile interval from the SAME
+resamples as the gap table: both models are scored on the same resampled items, so the
+interval is that of a paired difference (narrower than comparing the two models'
+intervals when their answers are correlated). A pair whose models have no eval tables in
+this run is skipped with a log line; a name that is no model (not base, warmup or a
+method name) is a config error when the DAG is built (cordflow.config.check_config).
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +64,9 @@ STATS = ["text_acc", "audio_acc", "gap", "own_gap", "gap_reduction"]
 TABLE_COLUMNS = ["model", "benchmark", "n"] + [
     c for s in STATS for c in (s, f"{s}_lo", f"{s}_hi")]
 MEAN = "mean"
+PAIR_STATS = ["d_text_acc", "d_audio_acc", "d_gap_reduction"]
+PAIRED_COLUMNS = ["model", "reference", "benchmark", "n"] + [
+    c for s in PAIR_STATS for c in (s, f"{s}_lo", f"{s}_hi")]
 
 
 class SummarizeError(ValueError):
@@ -186,9 +202,20 @@ def _grid(tables: list[pd.DataFrame], reference: str):
 
 # ----------------------------------------------------------------------------- bootstrap
 
-def _stable_seed(seed: int, name: str) -> list[int]:
-    """A per-benchmark seed: adding a benchmark leaves the others' intervals unchanged."""
-    return [seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")]
+def benchmark_rng(seed: int, name: str) -> np.random.Generator:
+    """The resampling generator of one benchmark, seeded by ``seed`` and the benchmark's
+    name: adding a benchmark leaves the others' intervals unchanged."""
+    return np.random.default_rng(
+        [seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")])
+
+
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator,
+                    chunk: int = 256) -> Iterator[np.ndarray]:
+    """``n_boot`` resamples of n items with replacement, as how often each item is drawn:
+    arrays (<= chunk, n) of counts, in order."""
+    p = np.full(n, 1.0 / n)
+    for start in range(0, n_boot, chunk):
+        yield rng.multinomial(n, p, size=min(chunk, n_boot - start))
 
 
 def resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator,
@@ -196,12 +223,8 @@ def resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator,
     """Means of ``x`` (M, n) over ``n_boot`` resamples of its n columns with replacement,
     the same resample for every row (paired): (n_boot, M)."""
     n = x.shape[1]
-    p = np.full(n, 1.0 / n)
-    out = []
-    for start in range(0, n_boot, chunk):
-        counts = rng.multinomial(n, p, size=min(chunk, n_boot - start)).astype(float)
-        out.append(counts @ x.T / n)
-    return np.concatenate(out)
+    return np.concatenate([counts.astype(float) @ x.T / n
+                           for counts in resample_counts(n, n_boot, rng, chunk)])
 
 
 def _interval(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
@@ -211,19 +234,35 @@ def _interval(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-# ----------------------------------------------------------------------------- the table
+@dataclass
+class Statistics:
+    """Every statistic of every model, with its bootstrap samples: ``stats[(stat, model,
+    benchmark)] = (value, samples (n_boot,))`` for :data:`STATS` (``benchmark`` may be
+    :data:`MEAN`); all from one resample per benchmark, shared by the models and prompts."""
 
-def gap_table(tables: list[pd.DataFrame], reference: str = "base", n_boot: int = 2000,
-              ci: float = 0.95, decimals: int | None = 2, seed: int = 0) -> pd.DataFrame:
-    """The gap table (:data:`TABLE_COLUMNS`) of eval tables read by :func:`read_eval`."""
+    models: list[str]
+    benches: list[str]
+    gap_benches: list[str]  # those with a text counterpart: the mean row's
+    n_items: dict[str, int]  # benchmark (and MEAN) -> items
+    n_boot: int
+    stats: dict[tuple[str, str, str], tuple[float, np.ndarray]]
+
+    def get(self, stat: str, model: str, bench: str) -> tuple[float, np.ndarray]:
+        return self.stats.get((stat, model, bench), (np.nan, np.full(self.n_boot, np.nan)))
+
+
+def statistics(tables: list[pd.DataFrame], reference: str = "base", n_boot: int = 2000,
+               decimals: int | None = 2, seed: int = 0) -> Statistics:
+    """The point values and bootstrap samples behind :func:`gap_table` and
+    :func:`paired_table` (eval tables read by :func:`read_eval`)."""
     models, benches, grid = _grid(tables, reference)
     gap_benches = [b for b in benches if not np.isnan(grid[b][1]).all()]
     point, boot = {}, {}  # benchmark -> (text (M,), audio (M,)) and (text (B, M), audio)
     for b in benches:
         _, text, audio = grid[b]
         point[b] = 100 * text.mean(axis=1), 100 * audio.mean(axis=1)
-        rng = np.random.default_rng(_stable_seed(seed, b))
-        means = 100 * resampled_means(np.vstack([np.nan_to_num(text), audio]), n_boot, rng)
+        means = 100 * resampled_means(np.vstack([np.nan_to_num(text), audio]), n_boot,
+                                      benchmark_rng(seed, b))
         boot[b] = means[:, :len(models)], means[:, len(models):]  # one resample, both prompts
     stats = {}  # (stat, model, benchmark) -> (value, samples)
     for b in benches:
@@ -253,16 +292,26 @@ def gap_table(tables: list[pd.DataFrame], reference: str = "base", n_boot: int =
                 stats[(stat, m, MEAN)] = (
                     np.mean([stats[(stat, m, b)][0] for b in gap_benches]),
                     np.mean([stats[(stat, m, b)][1] for b in gap_benches], axis=0))
+    n_items = {b: len(grid[b][0]) for b in benches}
+    n_items[MEAN] = sum(n_items[b] for b in gap_benches)
+    return Statistics(models, benches, gap_benches, n_items, n_boot, stats)
+
+
+# ----------------------------------------------------------------------------- the tables
+
+def gap_table(tables: list[pd.DataFrame], reference: str = "base", n_boot: int = 2000,
+              ci: float = 0.95, decimals: int | None = 2, seed: int = 0) -> pd.DataFrame:
+    """The gap table (:data:`TABLE_COLUMNS`) of eval tables read by :func:`read_eval`."""
+    return _gap_rows(statistics(tables, reference, n_boot, decimals, seed), ci, decimals)
+
+
+def _gap_rows(st: Statistics, ci: float, decimals: int | None) -> pd.DataFrame:
     rows = []
-    for m in models:
-        for b in benches + [MEAN]:
-            n = sum(len(grid[g][0]) for g in gap_benches) if b == MEAN else len(grid[b][0])
-            row = {"model": m, "benchmark": b, "n": n}
+    for m in st.models:
+        for b in st.benches + [MEAN]:
+            row = {"model": m, "benchmark": b, "n": st.n_items[b]}
             for stat in STATS:
-                value, samples = stats.get((stat, m, b), (np.nan, np.full(n_boot, np.nan)))
-                lo, hi = _interval(np.asarray(samples, float)[:, None], ci)
-                row.update({stat: float(value), f"{stat}_lo": float(lo[0]),
-                            f"{stat}_hi": float(hi[0])})
+                row.update(_value_and_interval(stat, *st.get(stat, m, b), ci))
             rows.append(row)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     if decimals is not None:
@@ -270,9 +319,46 @@ def gap_table(tables: list[pd.DataFrame], reference: str = "base", n_boot: int =
     return GAP_SCHEMA.validate(table)
 
 
+def _value_and_interval(name: str, value, samples, ci: float) -> dict[str, float]:
+    lo, hi = _interval(np.asarray(samples, float)[:, None], ci)
+    return {name: float(value), f"{name}_lo": float(lo[0]), f"{name}_hi": float(hi[0])}
+
+
+def paired_table(tables: list[pd.DataFrame], pairs: list[list[str]],
+                 reference: str = "base", n_boot: int = 2000, ci: float = 0.95,
+                 decimals: int | None = 2, seed: int = 0) -> pd.DataFrame:
+    """Paired differences (:data:`PAIRED_COLUMNS`) for each ``[model, reference_model]``
+    of ``pairs`` whose two models have eval tables; the others are skipped (logged)."""
+    return _paired_rows(statistics(tables, reference, n_boot, decimals, seed), pairs, ci,
+                        decimals)
+
+
+def _paired_rows(st: Statistics, pairs: list[list[str]], ci: float,
+                 decimals: int | None) -> pd.DataFrame:
+    rows = []
+    for model, ref in pairs:
+        absent = [m for m in (model, ref) if m not in st.models]
+        if absent:
+            log.info("summarize.pairs: %s - %s skipped: no eval tables for %s in this run "
+                     "(models: %s)", model, ref, absent, st.models)
+            continue
+        for b in st.benches + [MEAN]:
+            row = {"model": model, "reference": ref, "benchmark": b, "n": st.n_items[b]}
+            for stat in PAIR_STATS:
+                (v_m, s_m), (v_r, s_r) = (st.get(stat[2:], m, b) for m in (model, ref))
+                row.update(_value_and_interval(stat, v_m - v_r, s_m - s_r, ci))
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS).astype(  # typed even when empty
+        {"model": str, "reference": str, "benchmark": str, "n": int,
+         **{c: float for c in PAIRED_COLUMNS[4:]}})
+    if decimals is not None:
+        table = table.round({c: decimals for c in PAIRED_COLUMNS[4:]})
+    return PAIRED_SCHEMA.validate(table)
+
+
 def _lo_le_hi(df: pd.DataFrame) -> pd.Series:
     ok = pd.Series(True, index=df.index)
-    for s in STATS:
+    for s in (c for c in df.columns if f"{c}_lo" in df.columns):
         both = df[f"{s}_lo"].notna() & df[f"{s}_hi"].notna()
         ok &= ~both | (df[f"{s}_lo"] <= df[f"{s}_hi"])
     return ok
@@ -291,6 +377,23 @@ GAP_SCHEMA = pa.DataFrameSchema(
     strict=True,
     ordered=True,
     name="gap_table",
+)
+_POINTS = pa.Check.in_range(-100, 100)
+PAIRED_SCHEMA = pa.DataFrameSchema(
+    {
+        "model": pa.Column(str),
+        "reference": pa.Column(str),
+        "benchmark": pa.Column(str),
+        "n": pa.Column(int, pa.Check.ge(0)),
+        **{c: pa.Column(float, _POINTS if c.startswith(("d_text_acc", "d_audio_acc")) else None,
+                        nullable=True) for c in PAIRED_COLUMNS[4:]},
+    },
+    checks=[pa.Check(lambda df: (df["model"] != df["reference"]),
+                     error="a pair compares a model with itself"),
+            pa.Check(_lo_le_hi, error="an interval has lo > hi")],
+    strict=True,
+    ordered=True,
+    name="paired_table",
 )
 
 
@@ -350,14 +453,18 @@ def _errorbar(ax, x, part: pd.DataFrame, stat: str, marker: str, color: str, lab
 # ----------------------------------------------------------------------------- the stage
 
 def run(params: dict, evals: list[str | Path], out_table: str | Path,
-        out_plot: str | Path) -> None:
+        out_plot: str | Path, out_paired: str | Path | None = None) -> None:
+    """The gap table, its plot and (given ``out_paired``) the paired comparisons of
+    ``summarize.pairs``, all from one set of resamples."""
     cfg = summarize_config(params)
     if not evals:
         raise SummarizeError("no eval tables given (--eval results/eval/<model>/<benchmark>"
                              ".parquet, repeated)")
     tables = [read_eval(p) for p in evals]
-    table = gap_table(tables, cfg["reference"], cfg["n_boot"], cfg["ci"], cfg["decimals"],
-                      int(params.get("seed", 0)))
+    st = statistics(tables, cfg["reference"], cfg["n_boot"], cfg["decimals"],
+                    int(params.get("seed", 0)))
+    table = _gap_rows(st, cfg["ci"], cfg["decimals"])
+    paired = _paired_rows(st, cfg["pairs"], cfg["ci"], cfg["decimals"]) if out_paired else None
     fmt = None if cfg["decimals"] is None else f"%.{cfg['decimals']}f"
     write_text_atomic(out_table, table.to_csv(index=False, float_format=fmt, na_rep=""))
     plot(table, out_plot, cfg["reference"])
@@ -366,3 +473,13 @@ def run(params: dict, evals: list[str | Path], out_table: str | Path,
         log.info("  %s: mean gap %.2f [%.2f, %.2f], gap reduction %.1f %% [%.1f, %.1f]",
                  r.model, r.gap, r.gap_lo, r.gap_hi, r.gap_reduction, r.gap_reduction_lo,
                  r.gap_reduction_hi)
+    if paired is None:
+        return
+    write_text_atomic(out_paired, paired.to_csv(index=False, float_format=fmt, na_rep=""))
+    log.info("wrote %s (%d rows)", out_paired, len(paired))
+    for r in paired[paired["benchmark"] == MEAN].itertuples():
+        log.info("  %s - %s: audio acc %+.2f [%+.2f, %+.2f], text acc %+.2f [%+.2f, %+.2f], "
+                 "gap reduction %+.1f [%+.1f, %+.1f] points", r.model, r.reference,
+                 r.d_audio_acc, r.d_audio_acc_lo, r.d_audio_acc_hi, r.d_text_acc,
+                 r.d_text_acc_lo, r.d_text_acc_hi, r.d_gap_reduction, r.d_gap_reduction_lo,
+                 r.d_gap_reduction_hi)

@@ -32,9 +32,11 @@ The kinds:
     Our own held-out QA: ``results/qa/{split}.parquet`` joined on id with the audio manifest
     (``cordflow.tts.read_manifest``). Questions whose clip the TTS quality checks rejected
     are excluded and counted (``tts_rejected: <its reason>``), as are questions without a
-    clip (``no_clip``); flagged clips are used. Spoken GSM8K is this kind: GSM8K sourced
-    through ``source.hf`` (preset gsm8k) into its own split and spoken by the TTS stage
-    (config/README.md, "Benchmarks").
+    clip (``no_clip``); flagged clips are used. ``voicing`` (default ``main``) picks the
+    clips: the main voicing's first take, or the one clip of a ``tts.voicings`` entry
+    (the same questions spoken by another backend, e.g. a neural voice: a paired
+    benchmark). Spoken GSM8K is this kind: GSM8K sourced through ``source.hf`` (preset
+    gsm8k) into its own split and spoken by the TTS stage (config/README.md, "Benchmarks").
 ``voicebench``
     VoiceBench's multiple-choice subsets (``mmsu``, ``openbookqa``) from a staged copy of
     ``hlt-lab/voicebench``: columns ``audio`` (the spoken question), ``prompt`` (its text,
@@ -106,7 +108,8 @@ class QaSplit(BenchmarkKind):
 
     def items(self, entry: dict, inputs: dict[str, Any], where: str
               ) -> tuple[list[dict], list[dict]]:
-        """Items of the QA table with a usable clip (status ok or flagged), take 0."""
+        """Items of the QA table with a usable clip (status ok or flagged): the first take
+        of the entry's voicing (take 0 of the main voicing by default)."""
         from tqdm import tqdm
 
         from cordflow.evaluate.items import AudioClip, BenchmarkError, probe
@@ -119,17 +122,23 @@ class QaSplit(BenchmarkKind):
         if other:
             raise BenchmarkError(f"{where}: split is '{entry['split']}' but {qa} holds "
                                  f"split(s) {other}; pass results/qa/{entry['split']}.parquet")
-        # A row per question: its take 0 (the train split may have more takes), rejected
-        # or not.
+        # A row per question: the first take of its voicing (the train split may have more
+        # takes; a voicing of tts.voicings one), rejected or not.
+        voicing = entry.get("voicing") or "main"
         clips = read_manifest(manifest)
-        clips = clips[clips["take"] == 0].set_index("id")
+        clips = clips[clips["voicing"] == voicing]
+        if voicing != "main" and not clips["id"].isin(table["id"]).any():
+            raise BenchmarkError(f"{where}: {manifest} has no clip of voicing '{voicing}' for "
+                                 f"split '{entry['split']}'; speak it: tts.voicings.{voicing} "
+                                 f"with '{entry['split']}' in its splits")
+        clips = clips[~clips["id"].duplicated()].set_index("id")  # sorted by id and take
         rows, excluded = [], []
         for r in tqdm(table.itertuples(), total=len(table), desc=f"{entry['name']} audio",
                       unit="clip", mininterval=2.0, ncols=100):
             clip = clips.loc[r.id] if r.id in clips.index else None
             if clip is None:
-                excluded.append({"id": r.id,
-                                 "reason": f"no_clip: {manifest} has no clip for it"})
+                excluded.append({"id": r.id, "reason": f"no_clip: {manifest} has no clip for "
+                                 f"it in voicing '{voicing}'"})
                 continue
             if clip["status"] == "rejected":
                 excluded.append({"id": r.id, "reason": f"tts_rejected: {clip['reason']}"})

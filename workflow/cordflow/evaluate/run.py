@@ -47,13 +47,25 @@ def run(params: dict, model_dir: Path, model_name: str, benchmark: str, out: Pat
         log.warning("%s: %d of %d clips are longer than the model's %.0f s audio window and "
                     "are cut to it", benchmark, long, len(items), loaded.chunk_seconds)
 
-    audio_pred = infer.answers(loaded, items, "audio", bs, max_new, desc=f"{model_name} audio")
-    audio_ok = infer.correct(audio_pred, items)
-    if bench.has_text:
-        text_pred = infer.answers(loaded, items, "text", bs, max_new, desc=f"{model_name} text")
-        text_ok: list = infer.correct(text_pred, items)
-    else:
-        text_pred, text_ok = [None] * len(items), [None] * len(items)
+    engine = None
+    if ecfg["engine"] == "vllm":  # the saved folder itself, served by a vLLM process
+        from cordflow.vllm_engine.engine import VLLMEngine
+
+        engine = VLLMEngine(loaded, ecfg["vllm"], seed=int(params.get("seed", 0)),
+                            model_dir=model_dir)
+    try:
+        audio_pred = infer.answers(loaded, items, "audio", bs, max_new,
+                                   desc=f"{model_name} audio", engine=engine)
+        audio_ok = infer.correct(audio_pred, items)
+        if bench.has_text:
+            text_pred = infer.answers(loaded, items, "text", bs, max_new,
+                                      desc=f"{model_name} text", engine=engine)
+            text_ok: list = infer.correct(text_pred, items)
+        else:
+            text_pred, text_ok = [None] * len(items), [None] * len(items)
+    finally:
+        if engine is not None:
+            engine.close()
 
     table = pd.DataFrame({
         "id": items["id"], "model": model_name, "benchmark": benchmark,

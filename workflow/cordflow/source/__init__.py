@@ -9,7 +9,8 @@ Writes ``{split}.parquet`` per split in ``source.splits`` and ``rejected.parquet
   of str or null), ``answer_type`` (number | choice | text), ``split``, ``source``,
   ``origin`` ("path:line", "hf:<path>:<split>:<index>", "builtin:<family>:<i>").
 - ``rejected.parquet`` (:data:`REJECTED_SCHEMA`): ``source``, ``origin``, ``reason``
-  ("<code>: <what is wrong>"), ``row`` (the raw row as JSON).
+  ("<code>: <what is wrong>"), ``row`` (the raw row as JSON); ``rejected.html``: the same
+  rows as a table for the report.
 
 Rows in = kept + rejected, per source and in total, or the stage fails. Sources are read
 in order (built-in, files, datasets); of two questions that sound the same the first is
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from cordflow.io import write_html_table
 
 # Only the schema is imported eagerly: other stages import QA_SCHEMA / read_qa from here
 # in environments without the sourcing packages (num2words, datasets).
@@ -51,7 +54,8 @@ def source_config(params: dict) -> dict:
 def output_paths(params: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     splits = source_config(params)["splits"]
-    return [out_dir / f"{s}.parquet" for s in splits] + [out_dir / "rejected.parquet"]
+    return [out_dir / f"{s}.parquet" for s in splits] + [out_dir / "rejected.parquet",
+                                                         out_dir / "rejected.html"]
 
 
 def input_paths(params: dict) -> list[Path]:
@@ -101,4 +105,8 @@ def run(params: dict, out_dir: str | Path) -> None:
         log.info("wrote %s: %d rows", out_dir / f"{split}.parquet", len(df))
     rejected = REJECTED_SCHEMA.validate(rejected_frame(outcome.rejected))
     write_table(rejected, out_dir / "rejected.parquet", REJECTED_ARROW)
+    # The same rows for the report, which shows HTML (a parquet file it offers as text).
+    write_html_table(rejected, out_dir / "rejected.html", "Rejected QA rows",
+                     "Rows the sourcing stage did not keep, with their origin and reason "
+                     "(the data: rejected.parquet beside this file).")
     log.info("wrote %s: %d rows", out_dir / "rejected.parquet", len(rejected))

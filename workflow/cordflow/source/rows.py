@@ -18,10 +18,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from tqdm import tqdm
 
+from cordflow.scoring import canonical_number as canonical_rational
 from cordflow.source.schema import ANSWER_TYPES, LETTERS
 from cordflow.source.spoken import Unspeakable, speak
 
@@ -144,11 +146,25 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
+_FRACTION = re.compile(r"(?P<sign>[+-]?)\s*(?P<num>\d+)\s*/\s*(?P<den>\d+)")
+_LATEX_FRACTION = re.compile(r"(?P<sign>[+-]?)\s*\\[dt]?frac\s*\{\s*(?P<num>\d+)\s*\}"
+                             r"\s*\{\s*(?P<den>\d+)\s*\}")
+
+
 def canonical_number(text: str) -> str | None:
-    """``"1,234.50"`` -> ``"1234.5"``, ``"+3"`` -> ``"3"``, ``"-0"`` -> ``"0"``; else None."""
+    """``"1,234.50"`` -> ``"1234.5"``, ``"+3"`` -> ``"3"``, ``"-0"`` -> ``"0"``; a fraction
+    (``"3/4"``, ``"\\frac{3}{4}"``) is the same number as its decimal: ``"0.75"``, or, if
+    it has no finite decimal, the reduced fraction (``"2/6"`` -> ``"1/3"``), exactly as the
+    scorer reads numbers (:func:`cordflow.scoring.canonical_number`); else None."""
     text = text.strip().replace("−", "-")
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
+    fraction = _FRACTION.fullmatch(text) or _LATEX_FRACTION.fullmatch(text)
+    if fraction:
+        if int(fraction["den"]) == 0:
+            return None
+        value = Fraction(int(fraction["num"]), int(fraction["den"]))
+        return canonical_rational(-value if fraction["sign"] == "-" else value)
     if not _PLAIN_NUMBER.fullmatch(text):
         return None
     try:

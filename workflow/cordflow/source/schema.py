@@ -18,7 +18,8 @@ from cordflow.io import atomic_path
 
 ANSWER_TYPES = ("number", "choice", "text")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d*[1-9])?")  # canonical: no +, no trailing 0s
+# canonical: no +, no trailing 0s; a number with no finite decimal as a reduced fraction
+NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d*[1-9])?|-?[1-9]\d*/[1-9]\d*")
 
 QA_COLUMNS = ["id", "question", "spoken", "answer", "choices", "answer_type", "split",
               "source", "origin"]

@@ -168,12 +168,22 @@ _TEXT_COMMANDS = {"text", "textbf", "textit", "textrm", "mathrm", "mathbf", "mat
 _FRAC_COMMANDS = {"frac", "dfrac", "tfrac", "cfrac"}
 _FUNCTION_LETTERS = {"f", "g", "h"}
 
-# Markup: HTML tags by name (so "a < b > c" is not taken for a tag), markdown emphasis.
-_HTML_TAG = re.compile(
-    r"</?(?:br|p|b|i|u|em|strong|span|div|code|pre|small|big|center|font|li|ul|ol)"
-    r"(?:\s[^<>]*)?/?>",
-    re.IGNORECASE,
+# Markup: HTML tags by element name, attributes only as name=value (so "a < b > c" and
+# "3<a and a>2" are not taken for tags), comments, and script/style elements with their
+# content (code, never part of the question); markdown emphasis.
+_HTML_ELEMENTS = (
+    "a|abbr|address|article|aside|audio|b|big|blockquote|body|br|button|canvas|caption|"
+    "center|cite|code|col|colgroup|dd|del|details|dfn|div|dl|dt|em|embed|fieldset|figcaption|"
+    "figure|font|footer|form|h[1-6]|head|header|hr|html|i|iframe|img|input|ins|kbd|label|"
+    "legend|li|link|main|mark|meta|nav|noscript|object|ol|option|p|param|pre|q|s|samp|"
+    "script|section|select|small|source|span|strike|strong|style|sub|summary|sup|svg|table|"
+    "tbody|td|template|textarea|tfoot|th|thead|title|tr|tt|u|ul|var|video|wbr"
 )
+_HTML_TAG = re.compile(
+    rf"<!--.*?-->|</?(?:{_HTML_ELEMENTS})(?:\s+[^<>]*=[^<>]*)?\s*/?>",
+    re.IGNORECASE | re.DOTALL,
+)
+_HTML_CODE = re.compile(r"<(script|style)\b[^<>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _MARKDOWN = [
     (re.compile(r"\*\*(.+?)\*\*"), r"\1"),
     (re.compile(r"__(\S(?:.*?\S)?)__"), r"\1"),
@@ -691,8 +701,10 @@ def _next_solid(nodes: list[Node], i: int) -> Node | None:
 # ----------------------------------------------------------------------------- segments
 
 def _strip_markup(text: str) -> str:
-    text = _HTML_TAG.sub(" ", text)
-    text = html.unescape(text)
+    """Without HTML (also HTML that was escaped: "&lt;b&gt;") and markdown emphasis."""
+    for _ in range(2):  # the markup, then what unescaping reveals
+        text = _HTML_TAG.sub(" ", _HTML_CODE.sub(" ", text))
+        text = html.unescape(text)
     for pattern, repl in _MARKDOWN:
         text = pattern.sub(repl, text)
     return text

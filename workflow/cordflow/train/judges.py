@@ -19,6 +19,8 @@ reason (what was read or replied) for the training log.
   temperature 0; its reply is parsed for yes/no and a reply that is neither is a 0 with
   that reason, never a crash. A server that cannot be reached (after ``retries``) or
   refuses the request (4xx) is an error: silent zero rewards would corrupt training.
+  ``engine: vllm`` (:class:`VLLMJudge`): the local model folder served by a vLLM engine
+  process of its own venv (cordflow.vllm_engine), a greedy reply read as the endpoint's.
 
 :func:`make_judge` builds a judge from the ``train.judge`` config section
 (:data:`JUDGE_DEFAULTS` lists its keys and defaults).
@@ -45,7 +47,7 @@ from cordflow.scoring import extract
 
 log = logging.getLogger("cordflow.train.judges")
 
-__all__ = ["Verdict", "RuleJudge", "GoldJudge", "LocalLMJudge", "EndpointJudge",
+__all__ = ["Verdict", "RuleJudge", "GoldJudge", "LocalLMJudge", "EndpointJudge", "VLLMJudge",
            "JudgeError", "make_judge", "parse_yes_no", "render_prompt", "DEFAULT_PROMPT",
            "JUDGE_DEFAULTS"]
 
@@ -75,7 +77,9 @@ JUDGE_DEFAULTS: dict[str, Any] = {
     "retries": 3,            # llm, endpoint: extra tries on timeout / 429 / 5xx
     "backoff_s": 1.0,        # llm, endpoint: first wait between tries (doubles)
     "max_workers": 8,        # llm, endpoint: requests in flight
-    "max_tokens": 16,        # llm, endpoint: reply length limit
+    "max_tokens": 16,        # llm, endpoint and vllm: reply length limit
+    "engine": "transformers",  # llm, local: transformers (p(yes) vs p(no)) | vllm (served)
+    "vllm": None,            # llm, local on vllm: the engine settings (schema $defs/vllm)
 }
 
 
@@ -374,13 +378,90 @@ class EndpointJudge:
             return list(pool.map(self._verdict, prompts))
 
 
+# ----------------------------------------------------------------------------- vLLM
+
+class VLLMJudge:
+    """A local model folder (``model_path``) served by a vLLM engine process
+    (:mod:`cordflow.vllm_engine`, started on first use, stopped by :meth:`close`), asked
+    whether the answers agree: the chat prompt as token ids, a greedy reply of at most
+    ``max_tokens`` tokens (seeded engine, every sampling setting explicit), read as yes/no
+    as the endpoint judge reads a server's reply."""
+
+    name = "llm"
+
+    def __init__(self, model_path: str | Path, prompt: str = DEFAULT_PROMPT,
+                 settings: Mapping | None = None, max_tokens: int = 16, seed: int = 0,
+                 dtype: str = "auto"):
+        from transformers import AutoTokenizer
+
+        self.prompt = check_prompt(prompt)
+        self.path = Path(model_path)
+        if not (self.path / "config.json").is_file():
+            raise JudgeError(f"train.judge.model_path: no model at {self.path} (config.json "
+                             "missing); stage the judge model there (nothing is downloaded)")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.settings = {**dict(settings or {}), **({"dtype": dtype} if dtype != "auto" else {})}
+        self.max_tokens, self.seed = int(max_tokens), int(seed)
+        self.proc = None
+
+    def _text(self, prompt: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False,
+                add_generation_prompt=True)
+        return prompt + "\nAnswer:"
+
+    def _start(self):
+        from cordflow.vllm_engine.engine import launch
+
+        if self.proc is None:
+            tok = self.tokenizer
+            stop = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+                    if isinstance(i, int) and i != tok.unk_token_id]
+            settings = {k: v for k, v in self.settings.items() if k != "dtype"}
+            self.proc = launch(self.path, settings, self.seed,
+                               self.settings.get("dtype", "auto"), on_cpu=not _cuda(),
+                               stop_ids=stop, suppressed_ids=[])
+        return self.proc
+
+    def replies(self, prompts: Sequence[str]) -> list[str]:
+        proc = self._start()
+        reqs = [{"ids": self.tokenizer(self._text(p), add_special_tokens=False)["input_ids"]}
+                for p in prompts]
+        out = proc.request({"op": "generate", "prompts": reqs, "n": 1, "temperature": 0.0,
+                            "max_new": self.max_tokens, "logprobs": False}, what="judge")
+        return self.tokenizer.batch_decode(out["ids"], skip_special_tokens=True)
+
+    def __call__(self, rollouts: Sequence[str], references: Sequence[str] | None,
+                 items: Sequence[Mapping]) -> list[Verdict]:
+        prompts = render_prompts(self.prompt, rollouts, references, items)
+        verdicts = []
+        for reply in self.replies(prompts):
+            value = parse_yes_no(reply)
+            verdicts.append(Verdict(0, f"unparseable reply: {reply[:60]!r}") if value is None
+                            else Verdict(value, f"reply {reply.strip()[:40]!r}"))
+        return verdicts
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # ----------------------------------------------------------------------------- factory
 
-def make_judge(cfg: Mapping | None):
+def make_judge(cfg: Mapping | None, seed: int = 0):
     """The judge of the ``train.judge`` section (keys and defaults: :data:`JUDGE_DEFAULTS`).
 
-    ``kind: llm`` needs exactly one of ``model_path`` (a local model) and ``base_url`` (a
-    server, with ``model``).
+    ``kind: llm`` needs exactly one of ``model_path`` (a local model: scored by
+    transformers, or served by vLLM with ``engine: vllm``, seeded with ``seed``) and
+    ``base_url`` (a server, with ``model``).
     """
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - set(JUDGE_DEFAULTS))
@@ -399,6 +480,9 @@ def make_judge(cfg: Mapping | None):
     if (c["model_path"] is None) == (c["base_url"] is None):
         raise JudgeError("train.judge: kind llm needs exactly one of model_path (a staged "
                          "local model) and base_url (an OpenAI-compatible server)")
+    if c["model_path"] is not None and c["engine"] == "vllm":
+        return VLLMJudge(c["model_path"], c["prompt"], c["vllm"], c["max_tokens"], seed,
+                         c["dtype"])
     if c["model_path"] is not None:
         return LocalLMJudge(c["model_path"], c["prompt"], c["batch_size"], c["device"],
                             c["dtype"])

@@ -206,7 +206,7 @@ def fit(
     eval_every: int = 0,
     state_fn: Callable[[], dict[str, Any]] | None = None,
     load_state_fn: Callable[[dict[str, Any]], None] | None = None,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], dict | None] | None = None,
 ) -> FitResult:
     """Run ``cfg.steps`` optimiser steps of ``step_fn`` over the model's trainable weights.
 
@@ -277,13 +277,13 @@ def _resume(ckpt: Checkpoints, named: dict[str, torch.nn.Parameter], opt: torch.
 
 
 def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Optimizer,
-              params: list[torch.nn.Parameter], after_step: Callable[[int], None] | None,
+              params: list[torch.nn.Parameter], after_step: Callable[[int], dict | None] | None,
               desc: str, ckpt_root: Path) -> dict[str, float]:
     """One optimiser step at ``step``: set the scheduled learning rate, run ``step_fn``,
     backpropagate, clip the gradient of ``params`` (the trainable weights, in the model's
     order), step, run ``after_step``. A non-finite loss or gradient norm stops training
     with :class:`NonFiniteLoss`. Returns the step's metrics: loss, grad_norm, lr, timings,
-    then ``step_fn``'s own."""
+    then ``step_fn``'s own, then any that ``after_step`` returns (``time_sync``)."""
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg)
     t0 = time.perf_counter()
@@ -303,12 +303,11 @@ def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Opti
         raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "
                             "stopping (see the step log for the loss terms)")
     opt.step()
-    if after_step is not None:
-        after_step(step)
+    after = (after_step(step) if after_step is not None else None) or {}
     return {"loss": loss.item(), "grad_norm": grad_norm.item(),
             "lr": opt.param_groups[0]["lr"],
             "time_step": time.perf_counter() - t0, "time_backward": t_backward,
-            **metrics}
+            **metrics, **after}
 
 
 def work_dir(out_dir: str | Path, rule: str, params: dict, inputs: list[str | Path]) -> Path:

@@ -8,7 +8,9 @@ are computed in at least float32 (half and bfloat16 inputs are upcast).
 Token level (CORD): ``D = reverse_kl(student, teacher)`` per position, weighted by
 :func:`topk_weights` and :func:`position_weights` and summed by :func:`token_loss`.
 Sequence level: :func:`group_advantages` of judge rewards, then :func:`policy_loss`.
-Baselines: :func:`sft_loss`, :func:`forward_kl`. For a real vocabulary (151k) use
+Baselines: :func:`sft_loss`, :func:`forward_kl`. Knowledge distillation (arXiv 2509.18579,
+the ``kd_*`` methods): :func:`distill_loss` (text and acoustic teachers, per-token KL) and
+:func:`layer_loss` (hidden states through a layer map). For a real vocabulary (151k) use
 :func:`completion_terms`, which gives the per-token terms without ever holding the
 ``[B, T, V]`` logits for backward.
 
@@ -19,7 +21,7 @@ SUM over a rollout's tokens and average over rollouts, so the CORD loss
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,10 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "reverse_kl", "sampled_reverse_kl", "forward_kl", "topk_weights", "position_weights",
     "token_loss", "group_advantages", "policy_loss", "sft_loss", "completion_terms",
-    "AGGREGATIONS",
+    "AGGREGATIONS", "distill_loss", "hidden_distance", "layer_loss", "DISTANCES",
 ]
+
+DISTANCES = ("cosine", "mse")
 
 AGGREGATIONS = ("sequence", "grpo", "bnpo", "dapo", "dr_grpo")
 
@@ -230,6 +234,73 @@ def sft_loss(logp_tok: Tensor, mask: Tensor) -> Tensor:
     return -(_up(logp_tok) * _float_mask(mask)).sum(-1).mean()
 
 
+# ----------------------------------------------------------------------------- distillation
+
+def distill_loss(D: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """A knowledge-distillation term from per-token divergences (scalar)::
+
+        L_kd = tau^2 * (1/B) sum_i sum_t m_{i,t} * D_{i,t}
+
+    ``D`` ``[B, T]`` is the divergence between the student's and a teacher's next-token
+    distributions at each answer token (:func:`completion_terms`' ``kl``: KL(p_T || p_S) by
+    default, on logits / tau); ``tau`` the softmax temperature, tau^2 keeping the gradient's
+    scale (Hinton et al.; tau = 1: the plain sum). A SUM over each answer's tokens, averaged
+    over the ``B`` answers: the scale of :func:`sft_loss`. The text-teacher term (student
+    under the audio prompt vs the text teacher under the text prompt) and the
+    acoustic-teacher term (student vs its frozen starting weights, both under the audio
+    prompt) of the ``kd_*`` methods.
+    """
+    return temperature ** 2 * (_up(D) * _float_mask(mask)).sum(-1).mean()
+
+
+def hidden_distance(student: Tensor, teacher: Tensor, distance: str = "cosine",
+                    eps: float = 1e-8) -> Tensor:
+    """Distance per position between hidden states, ``[..., H]`` -> ``[...]``::
+
+        "cosine": d = 1 - <s, t> / (max(|s|, eps) * max(|t|, eps))     in [0, 2]
+        "mse":    d = (1/H) sum_h (s_h - t_h)^2
+
+    The teacher ``t`` is detached: the gradient flows through the student only.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"hidden_distance: distance '{distance}' is not one of "
+                         f"{list(DISTANCES)}")
+    s, t = _up(student), _up(teacher.detach())
+    if distance == "mse":
+        return (s - t).pow(2).mean(-1)
+    norms = s.norm(dim=-1).clamp(min=eps) * t.norm(dim=-1).clamp(min=eps)
+    return 1 - (s * t).sum(-1) / norms
+
+
+def layer_loss(student_states: Sequence[Tensor], teacher_states: Sequence[Tensor],
+               pairs: Sequence[tuple[int, int]], mask: Tensor, distance: str = "cosine",
+               projections: Sequence[Callable[[Tensor], Tensor] | None] | None = None
+               ) -> Tensor:
+    """Layer-wise distillation through a layer map (scalar)::
+
+        L_layer = (1/B) sum_i sum_{j = (t, s) in map} sum_p m_{i,p} *
+                  d(P_j(h^S_{s,i,p}), h^T_{t,i,p})
+
+    ``student_states[s]`` ``[B, T, H_s]``: the student's hidden state after layer ``s`` (0
+    = the embeddings, L = the final normed output) at the answer positions;
+    ``teacher_states[t]`` ``[B, T, H_t]`` the teacher's, at the same answer positions (no
+    gradient). ``pairs``: the layer map, (teacher layer, student layer) pairs;
+    ``projections[j]``: ``P_j``, a map H_s -> H_t for pair j (the learned linear projection
+    where the widths differ; None or no list: the identity). ``d``: :func:`hidden_distance`.
+    A SUM over mapped layers and answer tokens, mean over the ``B`` answers (the scale of
+    :func:`sft_loss`); an empty map gives 0 (no gradient).
+    """
+    m = _float_mask(mask)
+    per_item = m.new_zeros(m.shape[0])
+    for j, (t, s) in enumerate(pairs):
+        h = student_states[s]
+        project = projections[j] if projections is not None else None
+        if project is not None:
+            h = project(_up(h))
+        per_item = per_item + (hidden_distance(h, teacher_states[t], distance) * m).sum(-1)
+    return per_item.mean()
+
+
 # ----------------------------------------------------------------------------- chunked terms
 
 def _head_fn(lm_head: nn.Module | Tensor) -> Callable[[Tensor], Tensor]:
@@ -255,9 +326,9 @@ def _check_completion_args(student_hidden: Tensor, tokens: Tensor, mask: Tensor,
     if tokens.shape != (B, T) or mask.shape != (B, T):
         raise ValueError(f"completion_terms: tokens {list(tokens.shape)} and mask "
                          f"{list(mask.shape)} must be [B, T] = {[B, T]}")
-    if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
+    if teacher_hidden is not None and teacher_hidden.shape[:2] != student_hidden.shape[:2]:
         raise ValueError(f"completion_terms: teacher_hidden {list(teacher_hidden.shape)} "
-                         f"must match student_hidden {list(student_hidden.shape)}")
+                         f"must match student_hidden {list(student_hidden.shape)} in [B, T]")
 
 
 def completion_terms(
@@ -275,8 +346,9 @@ def completion_terms(
 
     ``student_hidden`` ``[B, T, H]`` is the state that predicts ``tokens[:, t]`` (already
     shifted by the caller), ``teacher_hidden`` the same for the teacher prompt (same
-    tokens). ``lm_head`` is the output layer (an ``nn.Module`` such as ``model.lm_head``,
-    or its ``[V, H]`` weight); ``teacher_lm_head`` defaults to it. Logits are
+    tokens; ``[B, T, H_t]``: a teacher of another width brings its own head). ``lm_head``
+    is the output layer (an ``nn.Module`` such as ``model.lm_head``, or its ``[V, H]``
+    weight); ``teacher_lm_head`` defaults to it. Logits are
     ``head(hidden) / temperature`` for both models, in at least float32.
 
     Returns ``[B, T]`` tensors, 0 on padding:

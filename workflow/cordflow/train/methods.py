@@ -32,7 +32,10 @@ class Method:
     or None; ``token`` / ``sequence``: whether the token-level reverse KL / the
     sequence-level GRPO term are in the loss; ``token_weights``: (alpha, beta) fixed by the
     method (None: from ``train.token``); ``sweep``: whether ``<name>_a<A>_b<B>`` names
-    this method with alpha = A, beta = B."""
+    this method with alpha = A, beta = B; ``kd``: the knowledge-distillation parts it uses
+    (``text``: KL to the text teacher, ``layer``: hidden states through the layer map,
+    ``acoustic``: KL to the acoustic teacher; :mod:`cordflow.train.kd`), on top of its
+    SFT term on the text teacher's answers."""
 
     name: str
     summary: str
@@ -41,6 +44,7 @@ class Method:
     sequence: bool = False
     token_weights: tuple[float, float] | None = None
     sweep: bool = False
+    kd: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -54,6 +58,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("opd_grpo", "opd + grpo", token=True, sequence=True, token_weights=(1.0, 1.0)),
     Method("cord", "weighted reverse KL (top-K alpha, position beta) + grpo: the paper",
            token=True, sequence=True, sweep=True),
+    Method("kd_source", "source-wise KD (arXiv 2509.18579): sft on the text teacher's answers "
+           "+ KL to the text teacher + KL to the acoustic teacher on acoustic items",
+           offpolicy="nll", kd=("text", "acoustic")),
+    Method("kd_layer", "layer-wise KD: sft on the text teacher's answers + hidden-state "
+           "distance to the text teacher through a layer map", offpolicy="nll", kd=("layer",)),
+    Method("kd_source_layer", "kd_source + kd_layer", offpolicy="nll",
+           kd=("text", "layer", "acoustic")),
 )}
 BASE_METHODS = tuple(METHODS)
 
@@ -91,9 +102,14 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
     }
     if token or sequence:
         spec["rollout_engine"] = train["rollout_engine"]
+        if train["rollout_engine"] == "vllm":
+            spec["vllm"] = copy.deepcopy(train["vllm"])
     if offpolicy:
         spec["offpolicy"] = {"loss": offpolicy, **train["offpolicy"]}
-    if offpolicy != "nll":  # sft's targets come from the starting weights, not a teacher
+    kd = train.get("kd", {})
+    # sft's targets come from the starting weights, not a teacher; a kd method's from its
+    # text teacher: train.teacher, unless a separate text LM (kd.text_teacher)
+    if offpolicy != "nll" or (method.kd and not kd["text_teacher"]):
         spec["teacher"] = copy.deepcopy(train["teacher"])
         if spec["teacher"]["kind"] != "ema":
             spec["teacher"].pop("ema_decay", None)
@@ -118,7 +134,33 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
     if token or sequence:
         spec["weights"] = {"token": train["weights"]["token"] if token else 0.0,
                            "sequence": train["weights"]["sequence"] if sequence else 0.0}
+    if method.kd:
+        spec.update(_kd_sections(method, kd, train["batch_size"]))
     return spec
+
+
+def _kd_sections(method: Method, kd: dict, batch_size: int) -> dict:
+    """A kd method's sections: its text teacher (None: the model itself), each kd term it
+    uses with the settings that term reads, and their weights (the lambdas). A term
+    weighted 0, and the acoustic term without an acoustic split, is left out: it never
+    runs (the acoustic teacher is not even built)."""
+    out: dict = {"text_teacher": kd["text_teacher"], "weights": {}}
+    divergence = {"kl": kd["kl"], "temperature": kd["temperature"]}
+    if "text" in method.kd and kd["lambda_text"] > 0:
+        out["kd_text"] = dict(divergence)
+        out["weights"]["kd_text"] = kd["lambda_text"]
+    if "layer" in method.kd and kd["lambda_layer"] > 0:
+        layer = {"layers": copy.deepcopy(kd["layers"]), "distance": kd["distance"]}
+        if kd["layers"] == "every_k":
+            layer["k"] = kd["k"]
+        out["kd_layer"] = layer
+        out["weights"]["kd_layer"] = kd["lambda_layer"]
+    if "acoustic" in method.kd and kd["lambda_ac"] > 0 and kd["acoustic_split"]:
+        out["kd_acoustic"] = {"split": kd["acoustic_split"],
+                              "batch_size": kd["acoustic_batch_size"] or batch_size,
+                              **divergence}
+        out["weights"]["kd_acoustic"] = kd["lambda_ac"]
+    return out
 
 
 def warmup_spec(warmup: dict) -> dict:

@@ -8,6 +8,8 @@ checkpoint on the spoken train split and writes ``out_dir``:
     train_log.jsonl, tb/                  per-step metrics (jsonl and TensorBoard)
     verdicts.jsonl                        the judge's verdict on every rollout (GRPO methods)
     method.json                           the resolved spec it ran with
+    kd_layers.json, kd_projection.safetensors   kd methods with kd_layer: the layer map and,
+                                          where widths differ, its learned projections
 
 The stage ``warmup`` is the ``sft`` method from the base with the ``warmup`` section's
 budget (:func:`cordflow.train.methods.warmup_spec`; :mod:`cordflow.warmup`).
@@ -18,7 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
+
+import torch
 
 from cordflow import data, models
 from cordflow.config import section
@@ -29,20 +34,40 @@ from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
 log = logging.getLogger("cordflow.train")
 
 
-def run(params: dict, init_dir: Path, qa_train: Path, manifest: Path, out_dir: Path) -> None:
+def run(params: dict, init_dir: Path, qa_train: Path, manifest: Path, out_dir: Path,
+        qa_acoustic: Path | None = None) -> None:
     """Rule ``train``: the method spec is in ``params["method"]``."""
-    run_spec(params, params["method"], "train", init_dir, qa_train, manifest, out_dir)
+    run_spec(params, params["method"], "train", init_dir, qa_train, manifest, out_dir,
+             qa_acoustic=qa_acoustic)
+
+
+def acoustic_table(spec: dict, qa_train: Path, qa_acoustic: Path | None = None) -> Path | None:
+    """The QA table of the acoustic split a kd method reads (``train.kd.acoustic_split``):
+    ``qa_acoustic``, or by default that split's table beside the train split's
+    (results/qa/<split>.parquet). None for a method without the acoustic term."""
+    acoustic = spec.get("kd_acoustic")
+    if acoustic is None:
+        return None
+    split = acoustic["split"]
+    path = Path(qa_acoustic) if qa_acoustic else Path(qa_train).parent / f"{split}.parquet"
+    if not path.is_file():
+        raise SystemExit(f"train.kd.acoustic_split '{split}': no QA table {path} "
+                         "(the split must be one of source.splits; or give --qa-acoustic)")
+    return path
 
 
 def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path,
-             manifest: Path, out_dir: Path) -> None:
+             manifest: Path, out_dir: Path, qa_acoustic: Path | None = None) -> None:
+    from cordflow.train import kd
     from cordflow.train.judges import make_judge
     from cordflow.train.rollout import make_engine
     from cordflow.train.step import StepContext, Teacher, make_step, step_inputs
 
     mcfg = section(params, "model")
     seed = int(params.get("seed", 0))
-    work = work_dir(out_dir, rule, params, [init_dir, qa_train, manifest])
+    qa_acoustic = acoustic_table(spec, qa_train, qa_acoustic)
+    work = work_dir(out_dir, rule, params,
+                    [init_dir, qa_train, manifest, *([qa_acoustic] if qa_acoustic else [])])
     work.mkdir(parents=True, exist_ok=True)
 
     pairs = data.spoken_pairs(qa_train, manifest)
@@ -53,12 +78,22 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     models.set_trainable(loaded.model, spec["trainable"])
     teacher_cfg = spec.get("teacher", {"kind": "init"})
     teacher = Teacher(teacher_cfg["kind"], loaded, teacher_cfg.get("ema_decay", 0.99))
-    judge = make_judge(spec["judge"]) if "judge" in spec else None
+    judge = make_judge(spec["judge"], seed) if "judge" in spec else None
     loop = LoopConfig.from_cfg(spec["loop"])
-    engine = make_engine(spec.get("rollout_engine", "transformers"), loaded)
+    engine = make_engine(spec.get("rollout_engine", "transformers"), loaded,
+                         settings=spec.get("vllm"), seed=seed, log_path=work / "vllm_engine.log")
     inputs = step_inputs(loaded, pairs.items,
                          data.Batches(len(pairs), spec["loop"]["batch_size"], seed))
-    ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge)
+    parts = kd.prepare(spec, loaded, teacher, mcfg)  # kd methods: teachers, layer map
+    acoustic = None
+    if parts.acoustic_teacher is not None:
+        items = data.spoken_pairs(qa_acoustic, manifest).items
+        acoustic = step_inputs(loaded, items, data.Batches(
+            len(items), spec["kd_acoustic"]["batch_size"], seed + 1))
+        log.info("%s: acoustic items from %s: %d clips", rule, qa_acoustic, len(items))
+    ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge,
+                      text_teacher=parts.text_teacher, layer_map=parts.layer_map,
+                      acoustic_teacher=parts.acoustic_teacher, acoustic_inputs=acoustic)
     log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d", rule,
              spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
              spec["loop"]["batch_size"])
@@ -72,10 +107,13 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
                 f.writelines(json.dumps(v, sort_keys=True) + "\n" for v in ctx.verdicts)
             ctx.verdicts.clear()
 
-    def after_step(step: int) -> None:
-        ctx.engine.sync()
+    def after_step(step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        ctx.engine.sync()  # the rollout engine serves the weights of this step
+        time_sync = time.perf_counter() - t0
         teacher.update(step)
         flush_verdicts(step)
+        return {"time_sync": time_sync}
 
     def load_state(state: dict) -> None:
         teacher.load_state(state)
@@ -84,16 +122,25 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         keep_jsonl_rows(verdict_log, lambda row: row["step"] <= step)
 
     ckpt = Checkpoints(work / "ckpt")
+    # The layer map's projections (if any) train with the model and are checkpointed with it.
+    trained = (torch.nn.ModuleDict({"model": loaded.model, "kd_layer": parts.layer_map})
+               if parts.trainable() else loaded.model)
     try:
-        fit(loaded.model, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
+        fit(trained, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
             state_fn=teacher.state, load_state_fn=load_state, after_step=after_step)
     finally:
+        engine.close()  # a vLLM engine process ends with the job, whatever happened
+        if hasattr(judge, "close"):
+            judge.close()
         inputs.close()
+        if acoustic is not None:
+            acoustic.close()
         steplog.close()
 
     with atomic_path(out_dir) as tmp:
         save_trained(loaded, tmp)
         (tmp / "method.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
+        kd.save(parts, tmp)
         for name in ("train_log.jsonl", "verdicts.jsonl"):
             if (work / name).exists():
                 shutil.copy(work / name, tmp / name)

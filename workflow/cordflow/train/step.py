@@ -24,6 +24,12 @@ below, its formula a function of :mod:`cordflow.train.losses`):
   its student forward (``reuse``); D_t = reverse KL to the teacher on the same prefix (the
   full vocabulary, or its sampled-token estimate); L_tok = ``losses.token_loss`` (top-K
   alpha, position beta, SUM over tokens, mean over rollouts).
+- ``kd_text``, ``kd_layer``, ``kd_acoustic`` (kd_source, kd_layer, kd_source_layer; arXiv
+  2509.18579, :mod:`cordflow.train.kd`): on the offpolicy term's targets (the text
+  teacher's answers), the per-token KL to the text teacher (``losses.distill_loss``) and
+  the hidden-state distance through the layer map (``losses.layer_loss``); on a batch of
+  the acoustic split, the per-token KL to the acoustic teacher (the starting weights) on
+  its greedy answers. Weighted by ``train.kd``'s lambda_text, lambda_layer, lambda_ac.
 
 The terms run in the order of :data:`TERMS`, which is the order in which they draw random
 numbers (rollouts): keep it, or every run's results change. The sequence term leaves its
@@ -101,6 +107,12 @@ class Teacher:
         with self._context():
             return models.completion_hidden(self.model, prompt, comp)
 
+    @torch.no_grad()
+    def hidden_states(self, prompt: dict, comp: models.Completions) -> tuple[torch.Tensor, ...]:
+        """Every layer's hidden states at the completion positions (layer-wise KD)."""
+        with self._context():
+            return models.completion_hidden_states(self.model, prompt, comp)
+
     @property
     def lm_head(self) -> torch.nn.Module:
         return models.lm_head(self.model)
@@ -174,6 +186,12 @@ class StepContext:
     engine: object  # cordflow.train.rollout.RolloutEngine
     judge: object | None = None
     verdicts: list[dict] = field(default_factory=list)
+    # kd methods (cordflow.train.kd.KDParts): the text teacher whose answers are the SFT
+    # targets, the layer map, the acoustic teacher and its batches (acoustic split items)
+    text_teacher: object | None = None
+    layer_map: object | None = None
+    acoustic_teacher: object | None = None
+    acoustic_inputs: Callable[[int], StepInputs] | None = None
 
 
 class _Timer:
@@ -195,7 +213,9 @@ class _Timer:
 class StepState:
     """One step as its terms see it: its index, its batch, its timer and the lm_head chunk
     size; the sequence term fills ``rollouts`` (its N rollouts per question) and
-    ``forward`` (their student forward, with the token KL when the token term reuses them)."""
+    ``forward`` (their student forward, with the token KL when the token term reuses them);
+    the offpolicy term fills ``targets``, and the kd terms share their hidden states of
+    those targets in ``cache``."""
 
     index: int
     batch: StepInputs
@@ -203,6 +223,8 @@ class StepState:
     chunk_size: int
     rollouts: models.Completions | None = None
     forward: dict[str, torch.Tensor] | None = None
+    targets: models.Completions | None = None  # the offpolicy term's, for the kd terms
+    cache: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 # What a term returns: its loss (a scalar, with gradient) and its metrics.
@@ -282,13 +304,17 @@ def _judged_rewards(ctx: StepContext, state: StepState, group: models.Completion
 def offpolicy_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
     """sft / forward_kl: the student learns the teacher's text-prompt answers (or the gold
     ones) under the audio prompt, by their likelihood (``loss: nll``) or by the forward KL
-    to the teacher on them."""
+    to the teacher on them. The kd methods' SFT term: the answers of their text teacher
+    (``ctx.text_teacher``), kept in ``state.targets`` for their kd terms."""
     cfg, batch = spec["offpolicy"], state.batch
     with state.timer("generate"):
         if cfg["targets"] == "gold":
             comp = models.encode_targets(ctx.loaded, list(batch.rows["answer"]))
+        elif ctx.text_teacher is not None:  # a kd method: its text teacher's answers
+            comp = ctx.text_teacher.answers(batch, ctx.max_new, cfg["temperature"])
         else:
             comp = ctx.teacher.generate(batch.text, ctx.max_new, cfg["temperature"])
+    state.targets = comp
     if cfg["loss"] == "nll":
         forward = _forward(ctx, state, batch.audio, comp)
         loss = losses.sft_loss(forward["logp"], comp.mask)
@@ -348,6 +374,93 @@ def token_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
     return loss, metrics
 
 
+def _kd_targets(state: StepState) -> models.Completions:
+    if state.targets is None:
+        raise ValueError("the kd terms distil on the offpolicy term's targets: a kd method "
+                         "needs the offpolicy section (loss nll)")
+    return state.targets
+
+
+def _kd_student(ctx: StepContext, state: StepState) -> tuple[torch.Tensor, ...]:
+    """The student's hidden states (every layer) under the audio prompt on the targets,
+    computed once per step for kd_text and kd_layer."""
+    if "kd_student" not in state.cache:
+        with state.timer("student_forward"):
+            state.cache["kd_student"] = models.completion_hidden_states(
+                ctx.loaded.model, state.batch.audio, _kd_targets(state))
+    return state.cache["kd_student"]
+
+
+def _kd_text_teacher(ctx: StepContext, state: StepState) -> tuple[torch.Tensor, ...]:
+    """The text teacher's hidden states (every layer) under the text prompt on the same
+    answer positions, computed once per step."""
+    if "kd_teacher" not in state.cache:
+        with state.timer("teacher_forward"):
+            state.cache["kd_teacher"] = ctx.text_teacher.hidden_states(state.batch,
+                                                                       _kd_targets(state))
+    return state.cache["kd_teacher"]
+
+
+def kd_text_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """Source-wise KD, the text teacher: L = ``losses.distill_loss`` of the per-token KL
+    (``kd_text.kl``: forward KL(p_T || p_S), or reverse) between the student under the
+    audio prompt and the text teacher under the text prompt, on the answer tokens of the
+    SFT term (the text teacher's answers). A separate text teacher with another tokenizer
+    shares no vocabulary with the student: the term is 0 (``kd_text_skipped``)."""
+    cfg, comp = spec["kd_text"], _kd_targets(state)
+    if not ctx.text_teacher.same_vocab:
+        return (torch.zeros((), device=ctx.loaded.device),
+                {"loss_kd_text": 0.0, "kd_text_skipped": 1.0})
+    student, teacher = _kd_student(ctx, state)[-1], _kd_text_teacher(ctx, state)[-1]
+    student_head, teacher_head = ctx.text_teacher.heads(models.lm_head(ctx.loaded.model))
+    kl = losses.completion_terms(student, student_head, comp.ids, comp.mask, teacher,
+                                 kl=cfg["kl"], chunk_size=state.chunk_size,
+                                 temperature=cfg["temperature"],
+                                 teacher_lm_head=teacher_head)["kl"]
+    loss = losses.distill_loss(kl, comp.mask, cfg["temperature"])
+    return loss, {"loss_kd_text": loss.item(), "kd_text_kl_mean": _mean(kl, comp.mask)}
+
+
+def kd_layer_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """Layer-wise KD: L = ``losses.layer_loss``, the distance (``kd_layer.distance``)
+    between the student's hidden states under the audio prompt and the text teacher's under
+    the text prompt at the answer positions, over the pairs of the layer map
+    (``ctx.layer_map``; through its projections where the widths differ). An empty map: 0,
+    and nothing runs."""
+    cfg, comp, layer_map = spec["kd_layer"], _kd_targets(state), ctx.layer_map
+    if not layer_map.pairs:
+        return torch.zeros((), device=ctx.loaded.device), {"loss_kd_layer": 0.0}
+    student, teacher = _kd_student(ctx, state), _kd_text_teacher(ctx, state)
+    loss = losses.layer_loss(student, teacher, layer_map.pairs, comp.mask, cfg["distance"],
+                             layer_map.projection_list())
+    return loss, {"loss_kd_layer": loss.item()}
+
+
+def kd_acoustic_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
+    """Source-wise KD, the acoustic teacher: on a batch of the acoustic split's items
+    (``ctx.acoustic_inputs``), the acoustic teacher (the starting weights, frozen) answers
+    the audio prompt greedily; L = ``losses.distill_loss`` of the per-token KL between the
+    student and the acoustic teacher, both under the audio prompt, on those answers."""
+    cfg = spec["kd_acoustic"]
+    with state.timer("inputs"):
+        batch = ctx.acoustic_inputs(state.index)
+    with state.timer("generate"):
+        comp = ctx.acoustic_teacher.generate(batch.audio, ctx.max_new, 0.0)
+    model = ctx.loaded.model
+    with state.timer("student_forward"):
+        hidden = models.completion_hidden(model, batch.audio, comp)
+    with state.timer("teacher_forward"):
+        teacher_hidden = ctx.acoustic_teacher.hidden(batch.audio, comp)
+    kl = losses.completion_terms(hidden, models.lm_head(model), comp.ids, comp.mask,
+                                 teacher_hidden, kl=cfg["kl"], chunk_size=state.chunk_size,
+                                 temperature=cfg["temperature"],
+                                 teacher_lm_head=ctx.acoustic_teacher.lm_head)["kl"]
+    loss = losses.distill_loss(kl, comp.mask, cfg["temperature"])
+    return loss, {"loss_kd_acoustic": loss.item(),
+                  "kd_acoustic_kl_mean": _mean(kl, comp.mask),
+                  "kd_acoustic_len_mean": float(comp.lengths.float().mean())}
+
+
 Term = Callable[[dict, StepContext, StepState], TermResult]
 
 # name (the spec's section) -> term, in the order the terms run (see the module docstring)
@@ -355,6 +468,9 @@ TERMS: dict[str, Term] = {
     "offpolicy": offpolicy_term,
     "sequence": sequence_term,
     "token": token_term,
+    "kd_text": kd_text_term,
+    "kd_layer": kd_layer_term,
+    "kd_acoustic": kd_acoustic_term,
 }
 
 

@@ -11,18 +11,21 @@ a clip already there is reused) and writes ``shards/{k}.parquet``. ``tts_gather`
 Each item's voice is chosen from its id (:mod:`cordflow.tts.voices`; held-out splits use
 the held-out voices; train questions get ``tts.train_takes`` clips in different voices),
 spoken by the backend (:mod:`cordflow.tts.backends`: ``espeak`` by default, in-process;
-``coqui``), post-processed (:mod:`cordflow.tts.post`: trim, 16 kHz, -23 LUFS, peak cap,
-pad, FLAC) and checked (:mod:`cordflow.tts.quality`). Two runs give
-byte-identical clips and tables.
+``piper``; ``coqui``), and once more per ``tts.voicings`` entry of the item's split (its own
+backend and voices, e.g. Piper's neural voice for the test questions), post-processed
+(:mod:`cordflow.tts.post`: trim, 16 kHz, -23 LUFS, peak cap, pad, FLAC) and checked
+(:mod:`cordflow.tts.quality`). Two runs give byte-identical clips and tables.
 
 The manifest (:data:`CLIP_SCHEMA`; shard tables have the same columns), one row per clip of
 every item of every QA table, sorted by ``id`` and ``take``:
 
 - ``id``, ``split``, ``spoken`` (the text read), as in the QA tables; ``take`` (0, and for
-  train questions 1 .. ``tts.train_takes`` - 1);
+  train questions 1 .. ``tts.train_takes`` - 1; then one per voicing of the split);
+  ``voicing``: ``main`` (``tts.backend``, ``tts.voices``) or a ``tts.voicings`` name;
 - ``status``: ``ok`` | ``flagged`` (usable, worth a look) | ``rejected`` (do not use);
   ``flags``: list of problem codes; ``reason``: ``"code: detail; ..."`` ("" when ok);
-- ``voice``: the voice spec (espeak ``en-us+m1,pitch=50,rate=175``; a Coqui speaker);
+- ``voice``: the voice spec (espeak ``en-us+m1,pitch=50,rate=175``; a Coqui speaker; a
+  Piper voice such as ``en_US-joe-medium``);
   ``backend``, ``backend_version``;
 - ``path``: the FLAC file (under the ``--store`` folder as given, normally
   ``results/audio/store/..``, relative to the workflow's working directory); ``sha256`` of

@@ -36,12 +36,15 @@ import numpy as np
 BACKEND_CLASSES: dict[str, str] = {
     "espeak": "cordflow.tts.espeak:EspeakBackend",
     "coqui": "cordflow.tts.coqui:CoquiBackend",
+    "piper": "cordflow.tts.piper:PiperBackend",
 }
 BACKEND_ENVS: dict[str, str] = {
     "espeak": "tts",
     "coqui": "coqui",
+    "piper": "tts",
 }
 BACKENDS = tuple(BACKEND_CLASSES)
+MAIN_VOICING = "main"  # the voicing of tts.backend and tts.voices (every split)
 
 
 class BackendError(RuntimeError):
@@ -120,6 +123,31 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def used_backends(tts_cfg: dict) -> dict[str, str]:
+    """``voicing -> backend`` of every voicing: ``main`` (``tts.backend``) and each of
+    ``tts.voicings``."""
+    return {MAIN_VOICING: tts_cfg.get("backend", "espeak"),
+            **{name: v["backend"] for name, v in sorted((tts_cfg.get("voicings") or {}).items())}}
+
+
+def shard_env(tts_cfg: dict) -> str:
+    """The one environment (envs/<env>.yaml) a ``tts_shard`` job runs in: every backend it
+    speaks with (``tts.backend`` and the voicings') must live there."""
+    used = used_backends(tts_cfg)
+    for voicing, name in used.items():
+        if name not in BACKEND_ENVS:
+            key = "tts.backend" if voicing == MAIN_VOICING else f"tts.voicings.{voicing}.backend"
+            raise BackendError(f"config key '{key}': unknown backend {name!r}; use one of "
+                               f"{', '.join(BACKENDS)}")
+    envs = {BACKEND_ENVS[name] for name in used.values()}
+    if len(envs) > 1:
+        which = ", ".join(f"{v}: {b} (envs/{BACKEND_ENVS[b]}.yaml)" for v, b in used.items())
+        raise BackendError("config keys 'tts.backend' and 'tts.voicings': a tts_shard job "
+                           f"runs in one environment, but the voicings need several ({which});"
+                           " use backends of one environment")
+    return envs.pop()
 
 
 def get_backend(tts_cfg: dict) -> Backend:

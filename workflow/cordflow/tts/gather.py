@@ -2,8 +2,8 @@
 
 The manifest has every row of every shard (:data:`~cordflow.tts.CLIP_SCHEMA`, one per clip,
 sorted by id and take); ``rejected.parquet`` beside it holds the rejected rows (same columns)
-for the report. Every clip file must exist. Clips in = ok + flagged + rejected, logged per
-status and per split.
+and ``rejected.html`` the same rows for the report. Every clip file must exist. Clips in =
+ok + flagged + rejected, logged per status and per split.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from cordflow.io import write_html_table
 from cordflow.tts.schema import CLIP_ARROW, CLIP_SCHEMA, clip_frame, read_clips, write_table
 
 log = logging.getLogger("cordflow.tts")
 
 
 def output_paths(out: str | Path) -> list[Path]:
+    """The manifest, rejected.parquet and rejected.html (its rows for the report)."""
     out = Path(out)
-    return [out, out.with_name("rejected.parquet")]
+    return [out, out.with_name("rejected.parquet"), out.with_name("rejected.html")]
 
 
 def run(params: dict, shards: list[str | Path], out: str | Path) -> None:
@@ -42,10 +44,13 @@ def run(params: dict, shards: list[str | Path], out: str | Path) -> None:
     ok, flagged, rejected = (int(counts.get(s, 0)) for s in ("ok", "flagged", "rejected"))
     if ok + flagged + rejected != n_in:
         raise RuntimeError(f"tts-gather: {n_in} clips in but {ok + flagged + rejected} out")
-    manifest_path, rejected_path = output_paths(out)
+    manifest_path, rejected_path, rejected_html = output_paths(out)
     write_table(manifest, manifest_path, CLIP_ARROW)
-    write_table(manifest[manifest["status"] == "rejected"].reset_index(drop=True),
-                rejected_path, CLIP_ARROW)
+    rejected_rows = manifest[manifest["status"] == "rejected"].reset_index(drop=True)
+    write_table(rejected_rows, rejected_path, CLIP_ARROW)
+    write_html_table(rejected_rows, rejected_html, "Rejected clips",
+                     "Clips the quality checks rejected, with voice, FLAC path, measurements "
+                     "and reason (the data: rejected.parquet beside this file).")
     log.info("tts-gather: %d clips (%d items) in = %d ok + %d flagged + %d rejected", n_in,
              manifest["id"].nunique(), ok, flagged, rejected)
     for split, part in manifest.groupby("split", sort=True):

@@ -18,6 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from cordflow.io import naming_path
+
 log = logging.getLogger("cordflow.tts")
 
 FORMAT = 1
@@ -42,14 +44,15 @@ def code_hash(*files: str | Path) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming_path(path):  # a full disk or a read-only store names the clip
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _json_float(x: float) -> float | None:
@@ -85,7 +88,8 @@ class Store:
         """Store ``flac`` under ``key`` with ``meta`` (inputs and measurements)."""
         flac_path = self.flac_path(key)
         if flac_path.parent not in self._made:
-            flac_path.parent.mkdir(parents=True, exist_ok=True)
+            with naming_path(flac_path.parent):
+                flac_path.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(flac_path.parent)
         record = {**meta, "key": key, "format": FORMAT,
                   "sha256": hashlib.sha256(flac).hexdigest()}

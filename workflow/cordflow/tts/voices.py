@@ -9,13 +9,20 @@ the item id, so it does not depend on the shard, the order or the other items.
 Questions of the train split get ``tts.train_takes`` clips, in as many different voices:
 take 0 is :func:`pick`'s voice, the others follow in a seeded order of the rest of the set
 (:func:`picks`).
+
+Voicings (``tts.voicings``): a voicing speaks the questions of its splits once more, with
+its own backend and voices (e.g. the test questions in a real neural voice, a benchmark
+paired with the main one). Its clip is the item's next take after the main voicing's (one
+per voicing, in name order), its voice chosen from its own list by a hash of the voicing
+and the id. Training reads only the main voicing.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
-from cordflow.tts.backends import Backend, Voice, VoiceError
+from cordflow.tts.backends import MAIN_VOICING, Backend, Voice, VoiceError
 
 
 def pick(item_id: str, seed: int, voices: list[Voice]) -> Voice:
@@ -38,10 +45,15 @@ def picks(item_id: str, seed: int, voices: list[Voice], k: int) -> list[Voice]:
 
 
 class VoiceChooser:
-    """Both voice sets, checked against the backend up front (an unknown voice fails
-    before anything is synthesised, naming its config key)."""
+    """Both voice sets, and each voicing's, checked against the backends up front (an
+    unknown voice fails before anything is synthesised, naming its config key).
 
-    def __init__(self, backend: Backend, tts_cfg: dict, seed: int):
+    ``backend`` speaks the main voicing; ``backends`` maps a backend name to the backend
+    that speaks the voicings of that name (missing: ``backend`` if it has that name, else
+    the voicing's voices are taken by name, unchecked)."""
+
+    def __init__(self, backend: Backend, tts_cfg: dict, seed: int,
+                 backends: Mapping[str, Backend] | None = None):
         cfg = tts_cfg["voices"]
         self.seed = seed
         self.heldout_splits = set(tts_cfg["heldout_splits"])
@@ -56,6 +68,20 @@ class VoiceChooser:
         if shared:
             raise VoiceError("config keys 'tts.voices.train' and 'tts.voices.heldout' share "
                              f"{', '.join(shared)}: held-out voices must be unseen in training")
+        backends = dict(backends or {})
+        if getattr(backend, "name", None):
+            backends.setdefault(backend.name, backend)
+        # voicing -> (its splits, its voices), in name order
+        self.voicings: dict[str, tuple[frozenset[str], list[Voice]]] = {}
+        for name, v in sorted((tts_cfg.get("voicings") or {}).items()):
+            key = f"tts.voicings.{name}.voices"
+            if name == MAIN_VOICING:
+                raise VoiceError(f"config key 'tts.voicings.{name}': '{MAIN_VOICING}' is the "
+                                 "voicing of tts.backend and tts.voices; name it otherwise")
+            speaker = backends.get(v["backend"])
+            voices = (speaker.voice_set(list(v["voices"]), cfg, key) if speaker is not None
+                      else [Voice(n) for n in v["voices"]])
+            self.voicings[name] = (frozenset(v["splits"]), voices)
 
     def voices_for(self, split: str) -> list[Voice]:
         return self.heldout if split in self.heldout_splits else self.train
@@ -68,5 +94,14 @@ class VoiceChooser:
         return pick(item_id, self.seed, self.voices_for(split))
 
     def voices_of(self, item_id: str, split: str) -> list[Voice]:
-        """The voice of each take of ``item_id`` (one take for every split but train)."""
+        """The voice of each take of ``item_id`` in the main voicing (one take for every
+        split but train)."""
         return picks(item_id, self.seed, self.voices_for(split), self.takes(split))
+
+    def clips_of(self, item_id: str, split: str) -> list[tuple[str, Voice]]:
+        """``(voicing, voice)`` of every take of ``item_id``, in take order: the main
+        voicing's (:meth:`voices_of`), then one per voicing that speaks ``split``."""
+        out = [(MAIN_VOICING, v) for v in self.voices_of(item_id, split)]
+        out += [(name, pick(f"{name}:{item_id}", self.seed, voices))
+                for name, (splits, voices) in self.voicings.items() if split in splits]
+        return out
