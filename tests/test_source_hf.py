@@ -79,8 +79,9 @@ def test_numinamath_from_save_to_disk(tmp_path):
     assert one["spoken"] == "What is one half plus one half?"
     assert one["source"] == "numinamath" and one["split"] == "train"
     assert rows.loc[f"hf:{path}:train:1", "answer"] == "8"
+    # a boxed fraction is a number (issue 16): 1/2 as its finite decimal
     assert rows.loc[f"hf:{path}:train:5", ["answer", "answer_type"]].tolist() == [
-        r"\frac{1}{2}", "text"]
+        "0.5", "number"]
     assert rows.loc[f"hf:{path}:test:0", ["answer", "split"]].tolist() == ["12", "test"]
     reasons = dict(zip(rejected["origin"], rejected["reason"]))
     assert reasons[f"hf:{path}:train:3"].startswith("unspeakable_latex")

@@ -83,6 +83,14 @@ JUDGE_DEFAULTS: dict[str, Any] = {
 }
 
 
+
+def chat_text(tokenizer, prompt: str) -> str:
+    """The judge prompt as the judge model's chat turn (its template), or plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    return prompt + "\nAnswer:"
+
 class JudgeError(RuntimeError):
     """A judge that cannot work (bad config, unreachable server); names the fix."""
 
@@ -260,11 +268,7 @@ class LocalLMJudge:
         return ids
 
     def _text(self, prompt: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False,
-                add_generation_prompt=True)
-        return prompt + "\nAnswer:"
+        return chat_text(self.tokenizer, prompt)
 
     def p_yes(self, prompts: Sequence[str]) -> list[float]:
         """P(yes) / (P(yes) + P(no)) of the next token, per prompt."""
@@ -405,11 +409,7 @@ class VLLMJudge:
         self.proc = None
 
     def _text(self, prompt: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False,
-                add_generation_prompt=True)
-        return prompt + "\nAnswer:"
+        return chat_text(self.tokenizer, prompt)
 
     def _start(self):
         from cordflow.vllm_engine.engine import launch
