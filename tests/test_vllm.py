@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
+from dagrun import completed_run  # noqa: F401 (a fixture)
 from test_train_run import init_dir  # noqa: F401 (a fixture)
 
 from cordflow import data, models
@@ -311,3 +312,28 @@ def test_the_llm_judge_on_a_local_model_served_by_vllm(python, tmp_path):
                for v in verdicts)
     assert len(replies) == 1 and isinstance(replies[0], str)
     assert_gone(pid, folder)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_jobs_with_vllm_through_snakemake(python, completed_run, tmp_path):
+    """The test DAG with `train.rollout_engine: vllm` and `evaluate.engine: vllm`: the cord
+    job and its evaluation rerun (their params changed) and run on the engine; the sft
+    method's job (no rollouts) is left alone."""
+    import yaml
+    from dagrun import config_args, copy_run, snakemake
+
+    run = copy_run(completed_run, tmp_path / "run")
+    layer = tmp_path / "vllm.yaml"
+    engine = {"python": str(python), "kv_cache_gb": 1}
+    layer.write_text(yaml.safe_dump({"train": {"rollout_engine": "vllm", "vllm": engine},
+                                     "evaluate": {"engine": "vllm", "vllm": engine}}))
+    target = "results/eval/cord/builtin.parquet"
+    res = snakemake(run, "--cores", "2", *config_args(layer), "--", target, timeout_s=1200)
+    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    out = res.stdout + res.stderr
+    assert "method=cord" in out and "method=sft" not in out
+    steps = [json.loads(line) for line in
+             (run / "results/models/cord/train_log.jsonl").read_text().splitlines()]
+    assert steps and all("time_sync" in s for s in steps)
+    evals = __import__("pandas").read_parquet(run / target)
+    assert len(evals) > 0 and evals["audio_pred"].notna().all()

@@ -80,7 +80,7 @@ def launch(folder: str | Path, settings: dict, seed: int, dtype: str, on_cpu: bo
         kv_gb = CPU_KV_CACHE_GB
     try:
         proc.start({
-            "model": str(folder), "dtype": dtype, "seed": int(seed),
+            "model": str(Path(folder).resolve()), "dtype": dtype, "seed": int(seed),
             "max_model_len": cfg["max_model_len"] or max_model_len,
             "max_num_seqs": cfg["max_num_seqs"], "enforce_eager": bool(cfg["enforce_eager"]),
             "gpu_memory_utilization": cfg["gpu_memory_utilization"],
