@@ -629,13 +629,19 @@ def encode_targets(loaded: Loaded, answers: Sequence[str]) -> Completions:
     tok = loaded.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     rows = [tok(a, add_special_tokens=False)["input_ids"] + [eos] for a in answers]
+    ids, mask = right_pad(rows, tok.pad_token_id)
+    return Completions(ids.to(loaded.device), mask.to(loaded.device))
+
+
+def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a right-padded ``[B, T]`` id tensor and its 0/1 mask."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, :len(r)] = torch.tensor(r)
         mask[i, :len(r)] = 1
-    return Completions(ids.to(loaded.device), mask.to(loaded.device))
+    return ids, mask
 
 
 # ------------------------------------------------------------------------------ forward

@@ -261,12 +261,7 @@ class TextLM:
                 align.append(len(own))
             rows.append(own + [self.stop[0]])
             index.append(align + [0] * (len(ids) - len(align)))
-        width = max(len(r) for r in rows)
-        t_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        t_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            t_ids[i, :len(r)] = torch.tensor(r)
-            t_mask[i, :len(r)] = 1
+        t_ids, t_mask = models.right_pad(rows, self.pad)
         device = self.student.device
         return (models.Completions(t_ids.to(device), t_mask.to(device)),
                 torch.tensor(index, dtype=torch.long, device=device))
