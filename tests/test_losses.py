@@ -459,3 +459,34 @@ def test_completion_terms_check_their_arguments():
         completion_terms(hs, head, tokens, mask, ht, chunk_size=0)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         completion_terms(hs, head, tokens[:, :2], mask, ht)
+
+
+def test_completion_terms_policy_logp_is_at_the_sampling_temperature():
+    """policy_logp = log softmax(z / tau) of each token (gradient included); logp, the KL and
+    the entropy stay at ``temperature``."""
+    head, hs, ht, tokens, mask = setup_terms()
+    got = completion_terms(hs, head, tokens, mask, ht, kl="reverse", chunk_size=3,
+                           policy_temperature=1.7)
+    at_1 = completion_terms(hs, head, tokens, mask, ht, kl="reverse", chunk_size=3)
+    for name in at_1:
+        assert torch.equal(got[name], at_1[name]), name
+    want = F.log_softmax(head(hs) / 1.7, -1).gather(-1, tokens[..., None]).squeeze(-1) * mask
+    assert torch.allclose(got["policy_logp"], want, atol=1e-10)
+    assert got["policy_logp"].requires_grad
+    with pytest.raises(ValueError, match="policy_temperature"):
+        completion_terms(hs, head, tokens, mask, ht, policy_temperature=0.0)
+
+
+def test_completion_terms_take_each_chunks_log_softmax_in_float32():
+    """A bfloat16 model: each chunk's logits are upcast before the log-softmax (a bfloat16
+    log-softmax over the vocabulary loses ~2 digits of every log-prob)."""
+    head, hs, ht, tokens, mask = setup_terms(V=300)
+    head, hs, ht = head.to(torch.bfloat16), hs.detach().bfloat16(), ht.detach().bfloat16()
+    got = completion_terms(hs, head, tokens, mask, ht, kl="reverse", chunk_size=4)
+    assert got["logp"].dtype == torch.float32 and got["kl"].dtype == torch.float32
+    logits = head(hs).float()
+    want = F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) * mask
+    in_bf16 = (F.log_softmax(head(hs), -1).gather(-1, tokens[..., None]).squeeze(-1).float()
+               * mask)
+    assert torch.allclose(got["logp"], want, atol=1e-6)
+    assert not torch.allclose(got["logp"], in_bf16, atol=1e-3)

@@ -127,3 +127,172 @@ def test_the_token_term_reuses_the_sequence_rollouts_when_asked(repo, loaded, ro
     assert len(ctx.verdicts) == 2 * 2  # prompts x rollouts, judged once
     assert {"loss_token", "kl_mean", "kl_topk_share", "loss_sequence"} <= set(metrics)
     assert torch.isfinite(loss)
+
+
+# ----------------------------------------------------------------------------- on-policy wiring
+# A review found places where the real model would silently train off-policy (issue 12, §3):
+# each test below fails if the step's wiring regresses to them.
+
+class Replay:
+    """An engine that samples once with the training model, then returns those rollouts to
+    every call with the same prompt shape (so the test can score them itself)."""
+
+    def __init__(self, loaded):
+        self.inner, self.calls, self.seen = make_engine("transformers", loaded), 0, {}
+
+    def generate(self, prompt, max_new, temperature, n=1):
+        self.calls += 1
+        key = (tuple(prompt["input_ids"].shape), n)
+        if key not in self.seen:
+            self.seen[key] = self.inner.generate(prompt, max_new, temperature, n)
+        return self.seen[key]
+
+
+def replay_step(loaded, spec, student_drift: float = 0.0):
+    """Step 0 of ``spec`` with a :class:`Replay` engine: (loss, metrics, ctx, batch). With a
+    ``student_drift``, the student's weights move away from the (init) teacher's first."""
+    torch.manual_seed(0)
+    items = tiny.items(4)
+    inputs = step_inputs(loaded, items, data.Batches(len(items), 2, 0), prefetch=False)
+    ctx = StepContext(loaded, Teacher("init", loaded), inputs, MAX_NEW, Replay(loaded),
+                      ParityJudge())
+    if student_drift:
+        with torch.no_grad():
+            for p in loaded.model.parameters():
+                p.add_(torch.randn_like(p) * student_drift)
+    loss, metrics = make_step(spec, ctx)(0)
+    return loss, metrics, ctx, inputs(0)
+
+
+def logp_at(loaded, prompt, comp, temperature):
+    from cordflow.train import losses as L
+
+    hidden = models.completion_hidden(loaded.model, prompt, comp)
+    logits = models.lm_head(loaded.model)(hidden).float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, comp.ids.unsqueeze(-1)).squeeze(-1), L
+
+
+def test_grpo_scores_its_rollouts_at_the_temperature_they_were_sampled_at(repo, loaded):
+    """The policy gradient uses log softmax(z / tau) at sequence.temperature tau (TRL, verl):
+    the step's gradient equals that of the policy loss at tau, and not the one at 1."""
+    spec = spec_of(repo, "grpo", sequence={"temperature": 2.5})
+    loss, _, ctx, batch = replay_step(loaded, spec)
+    n, cfg = spec["sequence"]["n"], spec["sequence"]
+    (comp,) = [c for (shape, k), c in ctx.engine.seen.items() if k == n]
+    audio = models.repeat_batch(batch.audio, n)
+    rewards = torch.tensor([v["reward"] for v in ctx.verdicts], dtype=torch.float).view(-1, n)
+
+    def policy(temperature):
+        logp, L = logp_at(loaded, audio, comp, temperature)
+        adv = L.group_advantages(rewards, cfg["advantage"]).view(-1)
+        return L.policy_loss(logp, logp.detach(), adv, comp.mask, cfg["clip_low"],
+                             cfg["clip_high"], cfg["aggregation"], max_len=cfg["max_len"])
+
+    got, at_tau, at_1 = (torch.cat([g.flatten() for g in grads(loaded, x) if g is not None])
+                         for x in (loss, policy(2.5), policy(1.0)))
+    torch.testing.assert_close(got, at_tau, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(got, at_1, rtol=1e-2, atol=1e-4)
+
+
+def test_the_token_kl_puts_the_student_on_audio_and_the_teacher_on_text(repo):
+    """L_tok = sum_t w_t KL(p(.|y_<t, x_a) || p_T(.|y_<t, x_t)), p_T the frozen teacher: with
+    the prompts swapped, or the models swapped, the loss differs."""
+    from cordflow.train import losses as L
+
+    loaded = tiny.loaded()  # its student drifts from the teacher
+    spec = spec_of(repo, "opd")
+    _, metrics, ctx, batch = replay_step(loaded, spec, student_drift=0.05)
+    (comp,) = ctx.engine.seen.values()
+    tok, student, teacher = spec["token"], loaded.model, ctx.teacher.model
+    assert teacher is not student
+
+    def token_loss(s_model, s_prompt, t_model, t_prompt):
+        with torch.no_grad():
+            s = models.lm_head(s_model)(
+                models.completion_hidden(s_model, s_prompt, comp)).float()
+            t = models.lm_head(t_model)(
+                models.completion_hidden(t_model, t_prompt, comp)).float()
+        return L.token_loss(L.reverse_kl(s, t), comp.mask, tok["k"], tok["alpha"],
+                            tok["beta"]).item()
+
+    right = token_loss(student, batch.audio, teacher, batch.text)
+    assert metrics["loss_token"] == pytest.approx(right, rel=1e-4)
+    for wrong in (token_loss(student, batch.text, teacher, batch.audio),
+                  token_loss(teacher, batch.audio, student, batch.text),
+                  token_loss(student, batch.audio, teacher, batch.audio)):
+        assert metrics["loss_token"] != pytest.approx(wrong, rel=1e-2)
+
+
+@pytest.mark.parametrize("reference, calls", [("teacher", 1), ("current", 2)])
+def test_the_reference_answer_comes_from_the_setting(repo, loaded, reference, calls):
+    """train.sequence.reference: the teacher's text answer, or the current model's through
+    the rollout engine (the paper's)."""
+    spec = spec_of(repo, "grpo", sequence={"reference": reference})
+    _, _, ctx, batch = replay_step(loaded, spec)
+    assert ctx.engine.calls == calls
+    text_shape = tuple(batch.text["input_ids"].shape)
+    assert ((text_shape, 1) in ctx.engine.seen) == (reference == "current")
+
+
+def test_generation_ignores_a_staged_generation_config(loaded):
+    """A staged generation_config.json (a repetition penalty, top-k, n-gram blocking) must
+    not change rollouts: generation runs from models.generation_config alone."""
+    from cordflow import infer
+
+    prompt = infer.prompts(loaded, tiny.items(4), "audio")
+
+    def both():
+        torch.manual_seed(3)
+        greedy = models.generate(loaded, prompt, 6, 0.0)
+        torch.manual_seed(3)
+        return greedy, models.generate(loaded, prompt, 6, 1.5, 2)
+
+    clean = both()
+    staged = models.core(loaded.model).generation_config
+    saved = staged.to_dict()
+    staged.update(repetition_penalty=50.0, no_repeat_ngram_size=1, top_k=1, top_p=0.1,
+                  temperature=0.05, do_sample=True)
+    try:
+        for a, b in zip(clean, both(), strict=True):
+            assert torch.equal(a.ids, b.ids)
+    finally:
+        staged.update(**saved)
+
+
+def test_the_effective_generation_config_is_explicit_and_logged(loaded, caplog):
+    config = models.generation_config(loaded, 7, 1.5, 4)
+    assert (config.do_sample, config.temperature, config.top_k, config.top_p,
+            config.repetition_penalty, config.max_new_tokens,
+            config.num_return_sequences) == (True, 1.5, 0, 1.0, 1.0, 7, 4)
+    assert models.generation_config(loaded, 7, 0.0).do_sample is False
+    models._logged_configs.clear()
+    with caplog.at_level("INFO", logger="cordflow.models"):
+        models.generate(loaded, models.encode_text(loaded, ["What is 1 plus 2?"]), 2, 1.5)
+    assert any("generation config" in r.message and '"temperature": 1.5' in r.message
+               for r in caplog.records)
+
+
+def test_the_teachers_head_runs_with_the_adapters_off():
+    """LoRA on lm_head too: the init teacher's head is the starting head, not the student's."""
+    loaded = tiny.loaded()
+    loaded.model = models.add_lora(loaded.model, {"r": 2, "alpha": 4, "dropout": 0.0,
+                                                  "target_modules": r".*lm_head"})
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    teacher = Teacher("init", loaded)
+    h = torch.randn(3, models.lm_head(loaded.model).in_features)
+    with torch.no_grad(), models.adapters_disabled(loaded.model):
+        start = models.lm_head(loaded.model)(h)
+    with torch.no_grad():
+        student = models.lm_head(loaded.model)(h)
+        assert torch.equal(teacher.lm_head(h), start)
+    assert not torch.allclose(student, start)
+
+
+def test_on_policy_methods_train_in_the_mode_they_sample_in(repo):
+    from cordflow.train.step import samples_on_policy
+
+    on = {m for m in TERMS_OF if samples_on_policy(spec_of(repo, m))}
+    assert on == {"opd", "grpo", "opd_grpo", "cord", "cord_a1.5_b2"}

@@ -124,3 +124,37 @@ def test_keep_jsonl_rows_keeps_the_accepted_lines_in_order(tmp_path):
     assert path.read_text() == "".join(x + "\n" for x in lines[:3])
     keep_jsonl_rows(path, lambda row: False)
     assert path.read_text() == ""
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_fit_trains_in_the_mode_it_is_asked(tmp_path, train_mode):
+    """An on-policy method trains in eval mode (its rollouts are sampled in eval mode)."""
+    model = _toy()
+    modes = []
+
+    def step(i):
+        modes.append(model.training)
+        return _step_fn(model)(i)
+
+    fit(model, LoopConfig(steps=2, lr=0.01), step, Checkpoints(tmp_path / "ckpt"),
+        StepLog(tmp_path / "log.jsonl", None, "toy"), "toy", train_mode=train_mode)
+    assert modes == [train_mode, train_mode]
+
+
+def test_checkpoints_carry_every_gpus_random_state(tmp_path, monkeypatch):
+    """A resumed GPU run samples the rollouts an uninterrupted one would: the checkpoint
+    holds what torch.cuda.get_rng_state_all returns and gives it back to set_rng_state_all
+    (the CUDA calls are stood in for: this machine has no GPU)."""
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    model = _toy()
+    named = dict(model.named_parameters())
+    opt = torch.optim.AdamW(model.parameters())
+    ckpts = Checkpoints(tmp_path / "ckpt")
+    path = ckpts.save(3, named, opt, {})
+    ckpts.load(path, named, opt)
+    assert [t.tolist() for t in restored] == [[1, 2, 3], [4]]

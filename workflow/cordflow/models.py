@@ -545,33 +545,72 @@ def completion_mask(ids: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
     return (after == 0).long()
 
 
+def generation_config(loaded: Loaded, max_new_tokens: int, temperature: float = 0.0,
+                      num_return_sequences: int = 1):
+    """The complete generation config of a rollout or an answer: greedy (temperature 0) or
+    pure sampling at ``temperature`` (no top-k, no top-p, no repetition penalty), stopping at
+    :data:`STOP_TOKENS`. :func:`generate` uses it INSTEAD of the model's own
+    ``generation_config`` (a staged ``generation_config.json`` may set a repetition penalty
+    or top-p: rollouts would then come from another policy than the one the loss scores)."""
+    from transformers import GenerationConfig
+
+    tok = loaded.tokenizer
+    sample = temperature > 0
+    return GenerationConfig(
+        do_sample=sample, temperature=temperature if sample else None,
+        top_k=0 if sample else None, top_p=1.0 if sample else None, repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        num_return_sequences=num_return_sequences, eos_token_id=token_ids(tok, STOP_TOKENS),
+        pad_token_id=tok.pad_token_id, bos_token_id=None, use_cache=True)
+
+
+_logged_configs: set[str] = set()
+
+
+def _log_generation_config(config) -> None:
+    """Log each distinct effective generation config once per process (the job's log)."""
+    text = config.to_json_string(use_diff=True, ignore_metadata=True)
+    if text not in _logged_configs:
+        _logged_configs.add(text)
+        log.info("generation config (every other field at transformers' default): %s",
+                 " ".join(text.split()))
+
+
+@contextlib.contextmanager
+def _only_config(model: torch.nn.Module, config):
+    """While generating, ``config`` is the model's generation config: transformers fills
+    every field a passed config leaves unset from ``model.generation_config``, so a staged
+    one must not be there to fill from."""
+    inner = core(model)
+    staged = inner.generation_config
+    inner.generation_config = config
+    try:
+        yield
+    finally:
+        inner.generation_config = staged
+
+
 @torch.no_grad()
 def generate(loaded: Loaded, batch: dict, max_new_tokens: int, temperature: float = 0.0,
              num_return_sequences: int = 1, model: torch.nn.Module | None = None) -> Completions:
-    """Greedy (temperature 0) or sampled completions of a prompt batch; audio/control tokens
-    suppressed. Rows are grouped per prompt (prompt i -> rows i*n .. i*n+n-1)."""
+    """Greedy (temperature 0) or sampled completions of a prompt batch by
+    :func:`generation_config` alone; audio/control tokens suppressed. Rows are grouped per
+    prompt (prompt i -> rows i*n .. i*n+n-1). Runs in eval mode (restored after)."""
     model = model or loaded.model
     tok = loaded.tokenizer
-    stop = token_ids(tok, STOP_TOKENS)
-    sample = temperature > 0
-    kwargs = dict(do_sample=sample, temperature=temperature, top_k=0, top_p=1.0) if sample \
-        else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    config = generation_config(loaded, max_new_tokens, temperature, num_return_sequences)
+    _log_generation_config(config)
     suppress = _suppressor(suppressed_ids(tok, model))
     was_training = model.training
     model.eval()
-    with _last_position_logits(model):
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_return_sequences,
-            logits_processor=[suppress],
-            eos_token_id=stop,
-            pad_token_id=tok.pad_token_id,
-            **kwargs,
-        )
-    model.train(was_training)
+    try:
+        with _last_position_logits(model), _only_config(model, config):
+            out = model.generate(**batch, generation_config=config, logits_processor=[suppress])
+    finally:
+        model.train(was_training)
     ids = out[:, batch["input_ids"].shape[1]:]
-    mask = completion_mask(ids, stop)
+    mask = completion_mask(ids, config.eos_token_id)
     ids = ids.masked_fill(mask == 0, tok.pad_token_id)
     return Completions(ids.contiguous(), mask)
 

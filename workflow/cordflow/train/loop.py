@@ -8,10 +8,10 @@ message, atomic checkpoints every ``ckpt_every`` steps and resume from the last 
 per-step log (jsonl + TensorBoard) and a progress bar with rate and ETA.
 
 Checkpoints hold only what training changes: trainable weights (safetensors), optimizer
-state, torch RNG state and the step's extra state (e.g. an EMA teacher), loaded back with
-``torch.load(weights_only=True)``. They live outside the stage's output folder (Snakemake
-clears that before a job), in a folder named after the run's identity (see
-:func:`run_key`), so a changed config never resumes a stale run.
+state, torch RNG states (CPU and every GPU's) and the step's extra state (e.g. an EMA
+teacher), loaded back with ``torch.load(weights_only=True)``. They live outside the
+stage's output folder (Snakemake clears that before a job), in a folder named after the
+run's identity (see :func:`run_key`), so a changed config never resumes a stale run.
 """
 
 from __future__ import annotations
@@ -85,6 +85,32 @@ class NonFiniteLoss(SystemExit):
 
 # ------------------------------------------------------------------------------ checkpoints
 
+def rng_state() -> dict[str, Any]:
+    """The torch random states a step draws from: the CPU generator and, on a GPU node,
+    every CUDA device's (sampling on the GPU draws from those: without them a resumed GPU
+    run samples other rollouts than an uninterrupted one)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states (a checkpoint without CUDA states, or a
+    different number of GPUs, restores the CPU state and says so)."""
+    torch.set_rng_state(state["torch_rng"])
+    cuda = state.get("cuda_rng") or []
+    if not torch.cuda.is_available():
+        if cuda:
+            log.warning("the checkpoint has the random state of %d GPU(s); this job has none: "
+                        "rollouts after the resume differ from an uninterrupted run", len(cuda))
+        return
+    if len(cuda) != torch.cuda.device_count():
+        log.warning("the checkpoint has the random state of %d GPU(s), this job sees %d: "
+                    "rollouts after the resume differ from an uninterrupted run",
+                    len(cuda), torch.cuda.device_count())
+        return
+    torch.cuda.set_rng_state_all(cuda)
+
+
 class Checkpoints:
     """Atomic checkpoints ``step-<N>/`` under ``root``; keeps the newest ``keep``."""
 
@@ -111,8 +137,8 @@ class Checkpoints:
             tmp.mkdir()
             save_file({k: p.detach().cpu().contiguous() for k, p in named.items()},
                       str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "extra": extra}, tmp / "state.pt")
+            torch.save({"optimizer": opt.state_dict(), **rng_state(), "extra": extra},
+                       tmp / "state.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
         for old in self._dirs()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -132,7 +158,7 @@ class Checkpoints:
                 p.copy_(weights[k].to(p.device, p.dtype))
         state = torch.load(ckpt / "state.pt", weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state)
         step = json.loads((ckpt / "state.json").read_text())["step"]
         return step, state["extra"]
 
@@ -207,6 +233,7 @@ def fit(
     state_fn: Callable[[], dict[str, Any]] | None = None,
     load_state_fn: Callable[[dict[str, Any]], None] | None = None,
     after_step: Callable[[int], dict | None] | None = None,
+    train_mode: bool = True,
 ) -> FitResult:
     """Run ``cfg.steps`` optimiser steps of ``step_fn`` over the model's trainable weights.
 
@@ -214,7 +241,9 @@ def fit(
     ``stop`` ends training early (e.g. an accuracy bar reached). ``state_fn`` /
     ``load_state_fn`` carry extra state through checkpoints (``load_state_fn`` also gets the
     checkpoint's ``"step"``); ``after_step`` runs after each optimiser step (e.g. an EMA
-    update).
+    update). ``train_mode`` False trains in eval mode (dropout and the audio encoder's
+    layer drop off): an on-policy method scores its rollouts in the mode they were sampled
+    in (generation runs in eval mode), as TRL's ``disable_dropout``.
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
@@ -224,7 +253,7 @@ def fit(
 
     result = FitResult(steps=start, resumed_from=resumed)
     bar = _progress(cfg.steps, start, desc)
-    model.train()
+    model.train(train_mode)
     try:
         for step in range(start, cfg.steps):
             metrics = _optimise(step, cfg, step_fn, opt, params, after_step, desc, ckpt.root)

@@ -313,7 +313,7 @@ def _head_fn(lm_head: nn.Module | Tensor) -> Callable[[Tensor], Tensor]:
 
 def _check_completion_args(student_hidden: Tensor, tokens: Tensor, mask: Tensor,
                            teacher_hidden: Tensor | None, kl: str | None, chunk_size: int,
-                           temperature: float) -> None:
+                           temperature: float, policy_temperature: float | None) -> None:
     """The argument checks of :func:`completion_terms` (a clear error, not a shape crash)."""
     if kl not in ("reverse", "sampled", "forward", None):
         raise ValueError(f"completion_terms: kl '{kl}' is not one of "
@@ -322,6 +322,9 @@ def _check_completion_args(student_hidden: Tensor, tokens: Tensor, mask: Tensor,
         raise ValueError(f"completion_terms: chunk_size is {chunk_size}; it must be >= 1")
     if temperature <= 0:
         raise ValueError(f"completion_terms: temperature is {temperature}; it must be > 0")
+    if policy_temperature is not None and policy_temperature <= 0:
+        raise ValueError(f"completion_terms: policy_temperature is {policy_temperature}; "
+                         "it must be > 0 (the temperature the rollouts were sampled at)")
     B, T, _ = student_hidden.shape
     if tokens.shape != (B, T) or mask.shape != (B, T):
         raise ValueError(f"completion_terms: tokens {list(tokens.shape)} and mask "
@@ -341,6 +344,7 @@ def completion_terms(
     chunk_size: int = 256,
     temperature: float = 1.0,
     teacher_lm_head: nn.Module | Tensor | None = None,
+    policy_temperature: float | None = None,
 ) -> dict[str, Tensor]:
     """Per-token terms of a completion from final hidden states, memory-bounded.
 
@@ -349,12 +353,16 @@ def completion_terms(
     tokens; ``[B, T, H_t]``: a teacher of another width brings its own head). ``lm_head``
     is the output layer (an ``nn.Module`` such as ``model.lm_head``, or its ``[V, H]``
     weight); ``teacher_lm_head`` defaults to it. Logits are
-    ``head(hidden) / temperature`` for both models, in at least float32.
+    ``head(hidden) / temperature`` for both models; each chunk's logits are upcast to
+    float32 (a bfloat16 model) before its log-softmax.
 
     Returns ``[B, T]`` tensors, 0 on padding:
 
     - ``logp``: student log-prob of each token (with gradient);
     - ``entropy``: student entropy per position (no gradient);
+    - with a ``policy_temperature`` tau: ``policy_logp``, the student log-prob of each token
+      under ``head(hidden) / tau``, the distribution the rollouts were SAMPLED from (the
+      policy gradient's log-prob, as TRL and verl compute it; with gradient);
     - with a teacher: ``teacher_logp`` (no gradient) and ``kl`` by ``kl``:
       ``"reverse"`` (:func:`reverse_kl`), ``"sampled"`` (:func:`sampled_reverse_kl`),
       ``"forward"`` (:func:`forward_kl`), or ``None`` (no ``kl``). Gradient through the
@@ -367,7 +375,7 @@ def completion_terms(
     logits (a few ``chunk_size x V`` float32 buffers).
     """
     _check_completion_args(student_hidden, tokens, mask, teacher_hidden, kl, chunk_size,
-                           temperature)
+                           temperature, policy_temperature)
     B, T, _ = student_hidden.shape
 
     head = _head_fn(lm_head)
@@ -379,11 +387,14 @@ def completion_terms(
     ht = teacher_hidden[where].detach() if with_teacher else None
 
     def chunk_terms(h_s: Tensor, tok: Tensor, h_t: Tensor | None) -> tuple[Tensor, ...]:
-        log_s = F.log_softmax(_up(head(h_s)) / temperature, dim=-1)
+        logits = _up(head(h_s))
+        log_s = F.log_softmax(logits / temperature, dim=-1)
         logp = log_s.gather(-1, tok).squeeze(-1)
         entropy = -(log_s.exp() * log_s).sum(-1).detach()
+        policy = ((F.log_softmax(logits / policy_temperature, dim=-1).gather(-1, tok)
+                   .squeeze(-1),) if policy_temperature is not None else ())
         if h_t is None:
-            return logp, entropy
+            return logp, entropy, *policy
         with torch.no_grad():
             log_t = F.log_softmax(_up(teacher_head(h_t)) / temperature, dim=-1)
         t_logp = log_t.gather(-1, tok).squeeze(-1)
@@ -395,7 +406,7 @@ def completion_terms(
             div = sampled_reverse_kl(logp, t_logp)
         else:
             div = torch.zeros_like(logp)
-        return logp, entropy, t_logp, div
+        return logp, entropy, *policy, t_logp, div
 
     pieces: list[tuple[Tensor, ...]] = []
     for start in range(0, hs.shape[0], chunk_size):
@@ -406,7 +417,8 @@ def completion_terms(
         else:
             pieces.append(chunk_terms(*args))
 
-    names = ["logp", "entropy"] + (["teacher_logp", "kl"] if with_teacher else [])
+    names = (["logp", "entropy"] + (["policy_logp"] if policy_temperature is not None else [])
+             + (["teacher_logp", "kl"] if with_teacher else []))
     out: dict[str, Tensor] = {}
     for j, name in enumerate(names):
         flat = (torch.cat([p[j] for p in pieces]) if pieces

@@ -61,7 +61,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     from cordflow.train import kd
     from cordflow.train.judges import make_judge
     from cordflow.train.rollout import make_engine
-    from cordflow.train.step import StepContext, Teacher, make_step, step_inputs
+    from cordflow.train.step import StepContext, Teacher, make_step, samples_on_policy, step_inputs
 
     mcfg = section(params, "model")
     seed = int(params.get("seed", 0))
@@ -98,6 +98,9 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
              spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
              spec["loop"]["batch_size"])
 
+    if samples_on_policy(spec):
+        log.info("%s: on-policy: trains in eval mode (dropout off), as its rollouts are sampled",
+                 rule)
     steplog = StepLog(work / "train_log.jsonl", work / "tb", spec["name"])
     verdict_log = work / "verdicts.jsonl"
 
@@ -127,7 +130,8 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
                if parts.trainable() else loaded.model)
     try:
         fit(trained, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
-            state_fn=teacher.state, load_state_fn=load_state, after_step=after_step)
+            state_fn=teacher.state, load_state_fn=load_state, after_step=after_step,
+            train_mode=not samples_on_policy(spec))
     finally:
         engine.close()  # a vLLM engine process ends with the job, whatever happened
         if hasattr(judge, "close"):

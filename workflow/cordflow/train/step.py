@@ -15,10 +15,11 @@ below, its formula a function of :mod:`cordflow.train.losses`):
   L = -(1/B) sum_i sum_t log p(y_t | y_<t, x_a) (``losses.sft_loss``); forward_kl:
   L = (1/B) sum_i sum_t KL(p(.|y_<t, x_t) || p(.|y_<t, x_a)) (``losses.forward_kl``,
   summed by ``losses.token_loss`` with no weighting).
-- ``sequence`` (grpo, opd_grpo, cord): N rollouts per question at sequence.temperature and
-  one reference answer y_hat from the teacher's text prompt; r_i = judge(y_i, y_hat);
-  A = r - mean (or / std) (``losses.group_advantages``); L_seq = ``losses.policy_loss``
-  (ratio 1, single update).
+- ``sequence`` (grpo, opd_grpo, cord): N rollouts per question at sequence.temperature tau
+  and one reference answer y_hat to the text prompt (the teacher's, or the current
+  model's: ``sequence.reference``); r_i = judge(y_i, y_hat); A = r - mean (or / std)
+  (``losses.group_advantages``); L_seq = ``losses.policy_loss`` of the log-probs at tau,
+  the sampling distribution (ratio 1, single update).
 - ``token`` (opd, opd_grpo, cord): one rollout y ~ p(. | x_a) per question at
   token.temperature (``token.rollouts: separate``), or the sequence term's rollouts and
   its student forward (``reuse``); D_t = reverse KL to the teacher on the same prefix (the
@@ -115,7 +116,9 @@ class Teacher:
 
     @property
     def lm_head(self) -> torch.nn.Module:
-        return models.lm_head(self.model)
+        """The teacher's output layer, applied inside its context like its forward (with
+        LoRA on ``lm_head``, outside it the head would be the student's)."""
+        return _InContext(models.lm_head(self.model), self._context)
 
     @torch.no_grad()
     def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1):
@@ -142,6 +145,18 @@ class Teacher:
             with torch.no_grad():
                 for n, p in self.copy.named_parameters():
                     p.copy_(state["ema"][n])
+
+
+class _InContext(torch.nn.Module):
+    """A module run inside a context manager (the teacher's: adapters disabled)."""
+
+    def __init__(self, module: torch.nn.Module, context: Callable):
+        super().__init__()
+        self.module, self.context = module, context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.context():
+            return self.module(x)
 
 
 @dataclass
@@ -265,10 +280,13 @@ def _reuses_rollouts(spec: dict) -> bool:
 
 
 def _forward(ctx: StepContext, state: StepState, prompt: dict, comp: models.Completions,
-             teacher_prompt: dict | None = None, kl: str | None = None) -> dict[str, torch.Tensor]:
+             teacher_prompt: dict | None = None, kl: str | None = None,
+             policy_temperature: float | None = None) -> dict[str, torch.Tensor]:
     """Per-token terms of completions ``comp`` under the student's ``prompt``
-    (``losses.completion_terms``): log-probs and entropy and, with a ``teacher_prompt``, the
-    divergence ``kl`` from the teacher on the same tokens. The student runs first."""
+    (``losses.completion_terms``): log-probs and entropy (at temperature 1), with a
+    ``policy_temperature`` the log-probs at the temperature ``comp`` was sampled at, and,
+    with a ``teacher_prompt``, the divergence ``kl`` from the teacher on the same tokens
+    (at temperature 1). The student runs first."""
     model = ctx.loaded.model
     with state.timer("student_forward"):
         hidden = models.completion_hidden(model, prompt, comp)
@@ -278,7 +296,7 @@ def _forward(ctx: StepContext, state: StepState, prompt: dict, comp: models.Comp
             teacher_hidden = ctx.teacher.hidden(teacher_prompt, comp)
     return losses.completion_terms(
         hidden, models.lm_head(model), comp.ids, comp.mask, teacher_hidden, kl=kl,
-        chunk_size=state.chunk_size,
+        chunk_size=state.chunk_size, policy_temperature=policy_temperature,
         teacher_lm_head=ctx.teacher.lm_head if teacher_hidden is not None else None)
 
 
@@ -327,23 +345,30 @@ def offpolicy_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult
 
 
 def sequence_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
-    """GRPO on the judge's reward: N audio rollouts per question, each judged against the
-    teacher's answer to the text prompt. Leaves its rollouts and their forward in
-    ``state`` (with the token KL computed in the same forward when the token term reuses
-    them)."""
+    """GRPO on the judge's reward: N audio rollouts per question at
+    ``sequence.temperature`` tau, each judged against the answer y_hat to the text prompt,
+    from the frozen teacher (``sequence.reference: teacher``) or from the current model
+    (``current``, the paper's: through the rollout engine). The policy gradient's
+    log-probs are those of the distribution the rollouts were sampled from, log
+    softmax(z / tau) (as TRL and verl); the token KL stays at temperature 1. Leaves its
+    rollouts and their forward in ``state`` (with the token KL computed in the same forward
+    when the token term reuses them)."""
     cfg, batch = spec["sequence"], state.batch
     n = cfg["n"]
     with state.timer("generate"):
         group = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"], n)
-        reference = ctx.teacher.generate(batch.text, ctx.max_new, cfg["reference_temperature"])
+        answerer = ctx.engine if cfg["reference"] == "current" else ctx.teacher
+        reference = answerer.generate(batch.text, ctx.max_new, cfg["reference_temperature"])
     rewards = _judged_rewards(ctx, state, group, reference, n)
     adv = losses.group_advantages(rewards, cfg["advantage"]).view(-1)
     reuse = _reuses_rollouts(spec)
     forward = _forward(ctx, state, models.repeat_batch(batch.audio, n), group,
                        models.repeat_batch(batch.text, n) if reuse else None,
-                       _kl_kind(spec["token"]) if reuse else None)
+                       _kl_kind(spec["token"]) if reuse else None,
+                       policy_temperature=cfg["temperature"])
     state.rollouts, state.forward = group, forward
-    loss = losses.policy_loss(forward["logp"], forward["logp"].detach(), adv, group.mask,
+    logp = forward["policy_logp"]
+    loss = losses.policy_loss(logp, logp.detach(), adv, group.mask,
                               cfg["clip_low"], cfg["clip_high"], cfg["aggregation"],
                               max_len=cfg["max_len"])
     mixed = (rewards.min(1).values == 0) & (rewards.max(1).values == 1)
@@ -479,6 +504,13 @@ TERMS: dict[str, Term] = {
 def terms_of(spec: dict) -> list[str]:
     """The terms method ``spec`` uses, in the order they run: those it has a section for."""
     return [name for name in TERMS if spec.get(name) is not None]
+
+
+def samples_on_policy(spec: dict) -> bool:
+    """Whether method ``spec`` scores its own rollouts (a sequence or token term): it then
+    trains in eval mode, the mode its rollouts are sampled in (``loop.fit``'s
+    ``train_mode``)."""
+    return spec.get("sequence") is not None or spec.get("token") is not None
 
 
 def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tensor, dict]]:
