@@ -140,11 +140,11 @@ class Replay:
     def __init__(self, loaded):
         self.inner, self.calls, self.seen = make_engine("transformers", loaded), 0, {}
 
-    def generate(self, prompt, max_new, temperature, n=1):
+    def generate(self, prompt, max_new, temperature, n=1, seeds=None):
         self.calls += 1
         key = (tuple(prompt["input_ids"].shape), n)
         if key not in self.seen:
-            self.seen[key] = self.inner.generate(prompt, max_new, temperature, n)
+            self.seen[key] = self.inner.generate(prompt, max_new, temperature, n, seeds=seeds)
         return self.seen[key]
 
 
@@ -201,7 +201,7 @@ def test_the_token_kl_puts_the_student_on_audio_and_the_teacher_on_text(repo):
 
     loaded = tiny.loaded()  # its student drifts from the teacher
     spec = spec_of(repo, "opd")
-    _, metrics, ctx, batch = replay_step(loaded, spec, student_drift=0.05)
+    _, metrics, ctx, batch = replay_step(loaded, spec, student_drift=0.1)
     (comp,) = ctx.engine.seen.values()
     tok, student, teacher = spec["token"], loaded.model, ctx.teacher.model
     assert teacher is not student
@@ -220,7 +220,7 @@ def test_the_token_kl_puts_the_student_on_audio_and_the_teacher_on_text(repo):
     for wrong in (token_loss(student, batch.text, teacher, batch.audio),
                   token_loss(teacher, batch.audio, student, batch.text),
                   token_loss(student, batch.audio, teacher, batch.audio)):
-        assert metrics["loss_token"] != pytest.approx(wrong, rel=1e-2)
+        assert metrics["loss_token"] != pytest.approx(wrong, rel=2e-3)
 
 
 @pytest.mark.parametrize("reference, calls", [("teacher", 1), ("current", 2)])
@@ -296,3 +296,40 @@ def test_on_policy_methods_train_in_the_mode_they_sample_in(repo):
 
     on = {m for m in TERMS_OF if samples_on_policy(spec_of(repo, m))}
     assert on == {"opd", "grpo", "opd_grpo", "cord", "cord_a1.5_b2"}
+
+
+def test_keyed_sampling_depends_on_the_prompts_seed_alone(loaded):
+    """Rollouts with seeds: the same question and seed give the same samples in any batch
+    (so 1 rank and 2 ranks, or a resumed run, sample the same), another seed others."""
+    from cordflow import infer
+
+    items = tiny.items(4)
+    seeds = [models.row_seed(7, 0, "sequence", i) for i in items["id"]]
+    torch.manual_seed(0)
+    whole = models.generate(loaded, infer.prompts(loaded, items, "audio"), 6, 1.5, 2,
+                            seeds=seeds)
+    torch.manual_seed(99)  # the global random state plays no part
+    part = models.generate(loaded, infer.prompts(loaded, items.iloc[[2, 0]], "audio"), 6,
+                           1.5, 2, seeds=[seeds[2], seeds[0]])
+
+    def rows(comp, i):
+        return [comp.ids[r][comp.mask[r].bool()].tolist() for r in (2 * i, 2 * i + 1)]
+
+    assert rows(part, 0) == rows(whole, 2) and rows(part, 1) == rows(whole, 0)
+    other = models.generate(loaded, infer.prompts(loaded, items, "audio"), 6, 1.5, 2,
+                            seeds=[s + 1 for s in seeds])
+    assert not torch.equal(other.ids, whole.ids)
+
+
+def test_keyed_sampling_samples_the_softmax_at_the_temperature():
+    """Gumbel-max with keyed noise: over many seeds the token frequencies are softmax(z/T)."""
+    z = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]])
+    temperature, draws = 1.5, 4000
+    counts = torch.zeros(5)
+    for s in range(draws):
+        noised = models._KeyedGumbel(temperature, [s], 1, 0)(torch.zeros(1, 0), z.clone())
+        counts[noised.argmax()] += 1
+    want = torch.softmax(z / temperature, -1)[0]
+    assert counts[-1] == 0  # a suppressed token is never drawn
+    # within 4 standard errors of each share
+    assert ((counts / draws - want).abs() <= 4 * (want * (1 - want) / draws).sqrt()).all()

@@ -111,6 +111,17 @@ def test_greedy_and_logprobs_match_transformers(python, prompts):
         comp = engine.generate(audio, MAX_NEW, 1.0, n=3)
         bad = set(engine.suppressed_ids) & set(comp.ids[comp.mask.bool()].tolist())
         assert not bad, f"suppressed tokens sampled: {bad}"
+        # seeded requests: a prompt's samples depend on its seed alone, not on its batch
+        seeds = [11, 22, 33, 44, 55, 66]
+        whole = engine.generate(audio, MAX_NEW, 1.5, n=2, seeds=seeds)
+        idx = torch.tensor([4, 1])
+        part_prompt = models.Prompt({k: v[idx] for k, v in audio.items()})
+        part_prompt.clips = [audio.clips[4], audio.clips[1]]
+        part = engine.generate(part_prompt, MAX_NEW, 1.5, n=2, seeds=[55, 22])
+        for j, i in enumerate((4, 1)):
+            for k in range(2):
+                assert (part.ids[2 * j + k][part.mask[2 * j + k].bool()].tolist()
+                        == whole.ids[2 * i + k][whole.mask[2 * i + k].bool()].tolist())
         pid, folder = engine.proc.pid, engine.proc.folder
     finally:
         engine.close()

@@ -27,6 +27,7 @@ benchmark loaders).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import functools
 import logging
 import math
@@ -552,17 +553,24 @@ def generation_config(loaded: Loaded, max_new_tokens: int, temperature: float = 
     :data:`STOP_TOKENS`. :func:`generate` uses it INSTEAD of the model's own
     ``generation_config`` (a staged ``generation_config.json`` may set a repetition penalty
     or top-p: rollouts would then come from another policy than the one the loss scores)."""
+    tok = loaded.tokenizer
+    return explicit_generation_config(token_ids(tok, STOP_TOKENS), tok.pad_token_id,
+                                      max_new_tokens, temperature, num_return_sequences)
+
+
+def explicit_generation_config(stop_ids: Sequence[int], pad_id: int, max_new_tokens: int,
+                               temperature: float = 0.0, num_return_sequences: int = 1):
+    """:func:`generation_config` of any tokenizer (its stop and pad ids)."""
     from transformers import GenerationConfig
 
-    tok = loaded.tokenizer
     sample = temperature > 0
     return GenerationConfig(
         do_sample=sample, temperature=temperature if sample else None,
         top_k=0 if sample else None, top_p=1.0 if sample else None, repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
-        num_return_sequences=num_return_sequences, eos_token_id=token_ids(tok, STOP_TOKENS),
-        pad_token_id=tok.pad_token_id, bos_token_id=None, use_cache=True)
+        num_return_sequences=num_return_sequences, eos_token_id=list(stop_ids),
+        pad_token_id=pad_id, bos_token_id=None, use_cache=True)
 
 
 _logged_configs: set[str] = set()
@@ -593,26 +601,79 @@ def _only_config(model: torch.nn.Module, config):
 
 @torch.no_grad()
 def generate(loaded: Loaded, batch: dict, max_new_tokens: int, temperature: float = 0.0,
-             num_return_sequences: int = 1, model: torch.nn.Module | None = None) -> Completions:
+             num_return_sequences: int = 1, model: torch.nn.Module | None = None,
+             seeds: Sequence[int] | None = None) -> Completions:
     """Greedy (temperature 0) or sampled completions of a prompt batch by
     :func:`generation_config` alone; audio/control tokens suppressed. Rows are grouped per
-    prompt (prompt i -> rows i*n .. i*n+n-1). Runs in eval mode (restored after)."""
+    prompt (prompt i -> rows i*n .. i*n+n-1). Runs in eval mode (restored after).
+
+    With ``seeds`` (one per prompt), sampling is keyed: sample j of prompt i draws its
+    token at position t by Gumbel-max, argmax(z / T + G) with G ~ Gumbel(0, 1) from a
+    generator seeded by (seeds[i], j, t), which is an exact sample of softmax(z / T). A
+    prompt's samples then depend only on its seed, not on the batch it is in, the rank
+    that runs it or the global random state (as vLLM's per-request seeds)."""
     model = model or loaded.model
     tok = loaded.tokenizer
-    config = generation_config(loaded, max_new_tokens, temperature, num_return_sequences)
+    suppressed = suppressed_ids(tok, model)
+    with _last_position_logits(model):
+        ids, mask = generate_ids(model, batch, token_ids(tok, STOP_TOKENS), tok.pad_token_id,
+                                 suppressed, max_new_tokens, temperature,
+                                 num_return_sequences, seeds)
+    return Completions(ids, mask)
+
+
+def generate_ids(model: torch.nn.Module, batch: dict, stop_ids: Sequence[int], pad_id: int,
+                 suppressed: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
+                 n: int = 1, seeds: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`generate` for any model and tokenizer (its stop, pad and suppressed ids):
+    the completions' right-padded ids and mask."""
+    config = explicit_generation_config(stop_ids, pad_id, max_new_tokens, temperature, n)
     _log_generation_config(config)
-    suppress = _suppressor(suppressed_ids(tok, model))
+    processors = [_suppressor(list(suppressed))]
+    if seeds is not None and temperature > 0:
+        if len(seeds) != batch["input_ids"].shape[0]:
+            raise ValueError(f"generate: {len(seeds)} seeds for "
+                             f"{batch['input_ids'].shape[0]} prompts")
+        processors.append(_KeyedGumbel(temperature, seeds, n, batch["input_ids"].shape[1]))
+        # greedy on the noised scores, each prompt n times in a row (rows as sampling gives)
+        config = explicit_generation_config(stop_ids, pad_id, max_new_tokens, 0.0, 1)
+        batch = repeat_batch(batch, n)
     was_training = model.training
     model.eval()
     try:
-        with _last_position_logits(model), _only_config(model, config):
-            out = model.generate(**batch, generation_config=config, logits_processor=[suppress])
+        with _only_config(model, config):
+            out = model.generate(**batch, generation_config=config, logits_processor=processors)
     finally:
         model.train(was_training)
     ids = out[:, batch["input_ids"].shape[1]:]
-    mask = completion_mask(ids, config.eos_token_id)
-    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
-    return Completions(ids.contiguous(), mask)
+    mask = completion_mask(ids, stop_ids)
+    return ids.masked_fill(mask == 0, pad_id).contiguous(), mask
+
+
+def row_seed(*key) -> int:
+    """A 63-bit seed from a key of strings and ints (stable across runs and machines)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _KeyedGumbel:
+    """Logits processor of keyed sampling (see :func:`generate`): scores / T + Gumbel noise
+    drawn per row from a generator seeded by (its prompt's seed, its sample index, the
+    position); greedy decoding of these scores samples softmax(z / T) exactly."""
+
+    def __init__(self, temperature: float, seeds: Sequence[int], n: int, prompt_len: int):
+        self.temperature, self.seeds, self.n, self.prompt_len = temperature, seeds, n, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        pos = input_ids.shape[1] - self.prompt_len
+        gen = torch.Generator(device=scores.device)
+        noise = torch.empty_like(scores, dtype=torch.float32)
+        for r in range(scores.shape[0]):
+            gen.manual_seed(row_seed(self.seeds[r // self.n], r % self.n, pos))
+            u = torch.rand(scores.shape[-1], generator=gen, device=scores.device)
+            noise[r] = -torch.log(-torch.log(u.clamp_min(1e-20)))
+        return scores.float() / self.temperature + noise
 
 
 def _suppressor(ids: list[int]):

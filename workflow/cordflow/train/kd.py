@@ -146,8 +146,9 @@ class SelfTextTeacher:
         text = models.core(teacher.model).config.get_text_config()
         self.n_layers, self.width = text.num_hidden_layers, text.hidden_size
 
-    def answers(self, batch: StepInputs, max_new: int, temperature: float) -> models.Completions:
-        return self.teacher.generate(batch.text, max_new, temperature)
+    def answers(self, batch: StepInputs, max_new: int, temperature: float,
+                seeds: list[int] | None = None) -> models.Completions:
+        return self.teacher.generate(batch.text, max_new, temperature, seeds=seeds)
 
     def hidden_states(self, batch: StepInputs,
                       comp: models.Completions) -> tuple[torch.Tensor, ...]:
@@ -225,18 +226,15 @@ class TextLM:
                                                   tokenize=False, chat_template=template)
 
     @torch.no_grad()
-    def answers(self, batch: StepInputs, max_new: int, temperature: float) -> models.Completions:
-        """Its answers to the text prompts, as student-token completions."""
+    def answers(self, batch: StepInputs, max_new: int, temperature: float,
+                seeds: list[int] | None = None) -> models.Completions:
+        """Its answers to the text prompts, as student-token completions (by the same
+        explicit generation config and keyed sampling as the student's,
+        ``models.generate_ids``)."""
         prompt = self.prompts(list(batch.rows["question"]))
-        sample = temperature > 0
-        kwargs = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if sample
-                  else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
         suppress = models.token_ids(self.tokenizer, models.SUPPRESSED_TOKENS)
-        out = self.model.generate(**prompt, max_new_tokens=max_new, eos_token_id=self.stop,
-                                  pad_token_id=self.pad, suppress_tokens=suppress or None,
-                                  **kwargs)
-        ids = out[:, prompt["input_ids"].shape[1]:]
-        mask = models.completion_mask(ids, self.stop)
+        ids, mask = models.generate_ids(self.model, prompt, self.stop, self.pad, suppress,
+                                        max_new, temperature, seeds=seeds)
         if self.same_vocab:
             ids = ids.masked_fill(mask == 0, self.student.tokenizer.pad_token_id)
             return models.Completions(ids.contiguous(), mask)

@@ -19,9 +19,10 @@ from cordflow.vllm_engine.engine import VLLMEngine
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompt: dict, max_new: int, temperature: float,
-                 n: int = 1) -> models.Completions:
-        """``n`` completions per prompt (grouped per prompt), audio/control tokens never."""
+    def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1,
+                 seeds: list[int] | None = None) -> models.Completions:
+        """``n`` completions per prompt (grouped per prompt), audio/control tokens never;
+        with ``seeds`` (one per prompt) a prompt's samples depend on its seed alone."""
 
     def sync(self) -> None:
         """The training weights changed: make the next rollouts use them."""
@@ -36,9 +37,9 @@ class TransformersEngine:
     def __init__(self, loaded: models.Loaded):
         self.loaded = loaded
 
-    def generate(self, prompt: dict, max_new: int, temperature: float,
-                 n: int = 1) -> models.Completions:
-        return models.generate(self.loaded, prompt, max_new, temperature, n)
+    def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1,
+                 seeds: list[int] | None = None) -> models.Completions:
+        return models.generate(self.loaded, prompt, max_new, temperature, n, seeds=seeds)
 
     def sync(self) -> None:
         """Nothing to do: it samples from the weights being trained."""

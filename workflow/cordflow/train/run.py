@@ -93,7 +93,8 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         log.info("%s: acoustic items from %s: %d clips", rule, qa_acoustic, len(items))
     ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge,
                       text_teacher=parts.text_teacher, layer_map=parts.layer_map,
-                      acoustic_teacher=parts.acoustic_teacher, acoustic_inputs=acoustic)
+                      acoustic_teacher=parts.acoustic_teacher, acoustic_inputs=acoustic,
+                      seed=seed)
     log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d", rule,
              spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
              spec["loop"]["batch_size"])

@@ -121,9 +121,11 @@ class Teacher:
         return _InContext(models.lm_head(self.model), self._context)
 
     @torch.no_grad()
-    def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1):
+    def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1,
+                 seeds: list[int] | None = None):
         with self._context():
-            return models.generate(self.loaded, prompt, max_new, temperature, n, model=self.model)
+            return models.generate(self.loaded, prompt, max_new, temperature, n,
+                                   model=self.model, seeds=seeds)
 
     @torch.no_grad()
     def update(self, _step: int) -> None:
@@ -207,6 +209,7 @@ class StepContext:
     layer_map: object | None = None
     acoustic_teacher: object | None = None
     acoustic_inputs: Callable[[int], StepInputs] | None = None
+    seed: int = 0  # the run's: with the step and the item, the key of every rollout's sampling
 
 
 class _Timer:
@@ -236,10 +239,19 @@ class StepState:
     batch: StepInputs
     timer: _Timer
     chunk_size: int
+    seed: int = 0
     rollouts: models.Completions | None = None
     forward: dict[str, torch.Tensor] | None = None
     targets: models.Completions | None = None  # the offpolicy term's, for the kd terms
     cache: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def seeds(self, stream: str, batch: StepInputs | None = None) -> list[int]:
+        """One sampling seed per question of ``batch`` (the step's by default): a
+        function of the run's seed, the step, the ``stream`` (which rollouts: a term's
+        rollouts and its reference answers differ) and the item's id, so a question's
+        rollouts are the same whichever batch, rank or resumed run samples them."""
+        rows = (batch or self.batch).rows
+        return [models.row_seed(self.seed, self.index, stream, str(i)) for i in rows["id"]]
 
 
 # What a term returns: its loss (a scalar, with gradient) and its metrics.
@@ -329,9 +341,11 @@ def offpolicy_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult
         if cfg["targets"] == "gold":
             comp = models.encode_targets(ctx.loaded, list(batch.rows["answer"]))
         elif ctx.text_teacher is not None:  # a kd method: its text teacher's answers
-            comp = ctx.text_teacher.answers(batch, ctx.max_new, cfg["temperature"])
+            comp = ctx.text_teacher.answers(batch, ctx.max_new, cfg["temperature"],
+                                            seeds=state.seeds("offpolicy"))
         else:
-            comp = ctx.teacher.generate(batch.text, ctx.max_new, cfg["temperature"])
+            comp = ctx.teacher.generate(batch.text, ctx.max_new, cfg["temperature"],
+                                        seeds=state.seeds("offpolicy"))
     state.targets = comp
     if cfg["loss"] == "nll":
         forward = _forward(ctx, state, batch.audio, comp)
@@ -356,9 +370,11 @@ def sequence_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
     cfg, batch = spec["sequence"], state.batch
     n = cfg["n"]
     with state.timer("generate"):
-        group = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"], n)
+        group = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"], n,
+                                    seeds=state.seeds("sequence"))
         answerer = ctx.engine if cfg["reference"] == "current" else ctx.teacher
-        reference = answerer.generate(batch.text, ctx.max_new, cfg["reference_temperature"])
+        reference = answerer.generate(batch.text, ctx.max_new, cfg["reference_temperature"],
+                                      seeds=state.seeds("reference"))
     rewards = _judged_rewards(ctx, state, group, reference, n)
     adv = losses.group_advantages(rewards, cfg["advantage"]).view(-1)
     reuse = _reuses_rollouts(spec)
@@ -390,7 +406,8 @@ def token_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
         comp, forward = state.rollouts, state.forward
     else:
         with state.timer("generate"):
-            comp = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"])
+            comp = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"],
+                                       seeds=state.seeds("token"))
         forward = _forward(ctx, state, batch.audio, comp, batch.text, _kl_kind(cfg))
     loss = losses.token_loss(forward["kl"], comp.mask, cfg["k"], cfg["alpha"], cfg["beta"])
     metrics = {"loss_token": loss.item(), **_kl_metrics(forward["kl"], comp.mask, cfg["k"])}
@@ -523,7 +540,7 @@ def make_step(spec: dict, ctx: StepContext) -> Callable[[int], tuple[torch.Tenso
         timer = _Timer()
         with timer("inputs"):  # preparation inline; the wait for it when prefetched
             batch = ctx.inputs(i)
-        state = StepState(i, batch, timer, chunk_size)
+        state = StepState(i, batch, timer, chunk_size, ctx.seed)
         loss = torch.zeros((), device=ctx.loaded.device)
         metrics: dict[str, float] = {}
         for name in names:

@@ -184,13 +184,22 @@ class VLLMEngine:
         return out
 
     def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1,
+                 seeds: list[int] | None = None,
                  logprobs: bool | None = None) -> models.Completions:
-        """``n`` completions per prompt (grouped per prompt); with ``logprobs`` (default:
-        when sampling) each token's log-prob under the sampling distribution."""
+        """``n`` completions per prompt (grouped per prompt); with ``seeds`` (one per
+        prompt) each request is seeded by its own (vLLM's per-request seed: its samples
+        depend on it alone); with ``logprobs`` (default: when sampling) each token's
+        log-prob under the sampling distribution."""
         self.start()
         want_lp = temperature > 0 if logprobs is None else logprobs
+        requests = self.requests(prompt)
+        if seeds is not None:
+            if len(seeds) != len(requests):
+                raise ValueError(f"generate: {len(seeds)} seeds for {len(requests)} prompts")
+            for req, seed in zip(requests, seeds, strict=True):
+                req["seed"] = int(seed) % 2**63
         reply = self.proc.request({
-            "op": "generate", "prompts": self.requests(prompt), "n": int(n),
+            "op": "generate", "prompts": requests, "n": int(n),
             "temperature": float(temperature), "max_new": int(max_new), "logprobs": want_lp,
             "sampling_rate": models.SAMPLE_RATE})
         return self._completions(reply["ids"], reply["logprobs"])

@@ -81,7 +81,8 @@ class Server:
         return {"vllm": vllm.__version__, "torch": torch.__version__,
                 "start_s": time.perf_counter() - t0, "pid": os.getpid()}
 
-    def _params(self, n: int, temperature: float, max_new: int, logprobs: bool):
+    def _params(self, n: int, temperature: float, max_new: int, logprobs: bool,
+                seed: int | None = None):
         from vllm import SamplingParams
 
         # Every field that changes sampling, explicitly (nothing from generation_config.json).
@@ -90,7 +91,7 @@ class Server:
             presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0,
             max_tokens=int(max_new), min_tokens=0, stop=None, stop_token_ids=self.stop_ids,
             ignore_eos=False, logit_bias=self.bias or None, logprobs=0 if logprobs else None,
-            detokenize=False, skip_special_tokens=False, seed=None)
+            detokenize=False, skip_special_tokens=False, seed=seed)
 
     def generate(self, msg: dict) -> dict:
         prompts = []
@@ -100,8 +101,11 @@ class Server:
                 prompt["multi_modal_data"] = {"audio": [(a, msg.get("sampling_rate", 16000))
                                                         for a in p["audios"]]}
             prompts.append(prompt)
-        params = self._params(msg["n"], msg["temperature"], msg["max_new"],
-                              msg.get("logprobs", False))
+        # One SamplingParams per prompt: a prompt with a seed is sampled by its own
+        # generator (its samples do not depend on the batch it came in).
+        params = [self._params(msg["n"], msg["temperature"], msg["max_new"],
+                               msg.get("logprobs", False), p.get("seed"))
+                  for p in msg["prompts"]]
         t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         ids, lps = [], []
