@@ -27,8 +27,8 @@ benchmark loaders).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import functools
+import hashlib
 import logging
 import math
 from collections.abc import Iterable, Sequence
