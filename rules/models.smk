@@ -35,4 +35,4 @@ rule warmup:
     shell:
         "python -m cordflow warmup --params {params.cfg:q} --base {input.base:q}"
         " --qa-train {input.qa_train:q} --manifest {input.manifest:q} --out-dir {output:q}"
-        " > {log:q} 2>&1"
+        " --ranks {resources.ranks} > {log:q} 2>&1"

@@ -22,4 +22,4 @@ rule train:
     shell:
         "python -m cordflow train --params {params.cfg:q} --init {input.init:q}"
         " --qa-train {input.qa_train:q} --manifest {input.manifest:q} --out-dir {output:q}"
-        " {params.kd} > {log:q} 2>&1"
+        " {params.kd} --ranks {resources.ranks} > {log:q} 2>&1"

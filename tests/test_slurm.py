@@ -43,8 +43,8 @@ SITE = ["--partition", minicluster.CPU_PARTITION, "--gpu-partition",
 BIN = Path(sys.executable).parent
 
 
-def workflow_resources() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["set-resources"]
+def workflow_resources(root: Path = REPO) -> dict[str, dict]:
+    return yaml.safe_load((root / "profiles/default/config.yaml").read_text())["set-resources"]
 
 
 def workflow_rules() -> set[str]:
@@ -222,9 +222,9 @@ def jobs_in(cluster, workdir: Path) -> dict[str, dict]:
     return {j["JobId"]: j for j in cluster.jobs() if Path(j["WorkDir"]) == workdir}
 
 
-def assert_asked_for_what_the_profile_says(job: dict) -> None:
+def assert_asked_for_what_the_profile_says(job: dict, root: Path = REPO) -> None:
     rule = rule_of(job)
-    want = workflow_resources()[rule]
+    want = workflow_resources(root)[rule]
     where = f"Slurm job {job['JobId']} (rule {rule})"
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", where
     assert minutes(job["TimeLimit"]) == want["runtime"], where
@@ -287,8 +287,13 @@ def test_profile_sends_gpu_rules_to_gpus_and_shards_as_one_array(cluster, tmp_pa
 
 @pytest.mark.slurm
 def test_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
-    """The test config's DAG (WORKFLOW_TARGETS) via `snakemake --profile slurm`."""
+    """The test config's DAG (WORKFLOW_TARGETS) via `snakemake --profile slurm`, the train
+    jobs on 2 ranks (2 GPUs each; the fake GPUs have no driver, so the ranks use gloo)."""
     work = copy_checkout(tmp_path / "work")
+    wp = work / "profiles/default/config.yaml"
+    workflow_profile = yaml.safe_load(wp.read_text())
+    workflow_profile["set-resources"]["train"].update(ranks=2, gpu=2)
+    wp.write_text(yaml.safe_dump(workflow_profile, sort_keys=False))
     env = user_env(cluster.env, tmp_path / "xdg")
     res = cordflow("profile", "install", *SITE, env=env, cwd=work)
     assert res.returncode == 0, res.stderr
@@ -314,7 +319,10 @@ def test_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     local = len(re.findall(r"^localrule \w+:", run.stderr, flags=re.M))
     assert done and int(done[-1][0]) == len(jobs) + local  # no other job ran
     for job in jobs.values():
-        assert_asked_for_what_the_profile_says(job)
+        assert_asked_for_what_the_profile_says(job, work)
+    for log in (work / "logs" / "train").glob("*.log"):  # every train job ran 2 ranks
+        text = log.read_text()
+        assert "on 2 rank(s)" in text and "rank 1 of 2" in text, log
     array_rules = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())[
         "slurm-array-jobs"].split(",")
     for rule in map(str.strip, array_rules):

@@ -27,6 +27,21 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Take the slice from this config file instead of --params."),
 ]
+RanksOpt = Annotated[int, typer.Option(
+    min=1, help="Ranks per node (one per GPU; the rule's 'ranks' resource): more than 1 "
+                "re-runs this command under torchrun (srun + torchrun on several Slurm "
+                "nodes), data parallel (cordflow.train.dist).")]
+
+
+def _ranks(ranks: int) -> None:
+    """With ``ranks`` > 1, outside torchrun: run this command as that many ranks and exit
+    with their exit code (inside, each rank goes on)."""
+    import sys
+
+    from cordflow.train import dist
+
+    if ranks > 1 and not dist.launched():
+        raise typer.Exit(dist.relaunch(ranks, sys.argv[1:]))
 
 
 def _params(rule: str, params: str | None, config: Path | None, **extra) -> dict:
@@ -142,10 +157,13 @@ def warmup(
     out_dir: Annotated[Path, typer.Option()],
     params: ParamsOpt = None,
     config: ConfigOpt = None,
+    ranks: RanksOpt = 1,
 ):
     """The warm-up (off-policy SFT): audio prompt -> targets sampled from the text prompt."""
     from cordflow import warmup as stage
     from cordflow.stage import stage_run
+
+    _ranks(ranks)
 
     p = _params("warmup", params, config)
     with stage_run("warmup", p, [base_dir, qa_train, manifest], [out_dir]):
@@ -172,6 +190,7 @@ def train(
     qa_acoustic: Annotated[Path | None, typer.Option(
         help="kd methods with train.kd.acoustic_split: that split's QA table (default: "
              "<split>.parquet beside --qa-train).")] = None,
+    ranks: RanksOpt = 1,
 ):
     """Train one method of train.methods (cordflow.train.methods.METHODS).
 
@@ -180,6 +199,7 @@ def train(
     from cordflow.stage import stage_run
     from cordflow.train import run as stage
 
+    _ranks(ranks)
     if config is not None:
         from cordflow.config import load_config
         from cordflow.train.methods import method_params

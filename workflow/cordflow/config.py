@@ -58,13 +58,14 @@ _TABLES = ["source/schema.py", "tts/schema.py"]
 _VLLM = ["vllm_engine/engine.py", "vllm_engine/process.py", "vllm_engine/protocol.py",
          "vllm_engine/weights.py", "vllm_engine/server.py", "vllm_engine/plugin.py"]
 _TRAIN = ["train/run.py", "train/methods.py", "train/loop.py", "train/step.py",
-          "train/losses.py", "train/judges.py", "train/rollout.py", "train/kd.py", *_VLLM]
+          "train/losses.py", "train/judges.py", "train/rollout.py", "train/kd.py",
+          "train/dist.py", *_VLLM]
 RULE_CODE: dict[str, list[str]] = {
     "source": ["source", "scoring.py"],  # source/rows.py canonicalises numbers as scored
     "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py", "source/schema.py"],
     "tts_shard": _TTS_SYNTH,
     "tts_gather": ["tts/gather.py", "tts/schema.py"],
-    "base": ["models.py", "audio.py", "base.py", "train/loop.py", "data.py",
+    "base": ["models.py", "audio.py", "base.py", "train/loop.py", "train/dist.py", "data.py",
              "infer.py", "scoring.py", "train/losses.py", *_TABLES],
     "warmup": ["models.py", "audio.py", "warmup.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
                *_TABLES],

@@ -76,6 +76,8 @@ def stage_run(
     extra: list[Path] = []
     yield extra
     ended = dt.datetime.now(dt.timezone.utc)
+    if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0 writes nothing
+        return
     provenance.write_records(rule, list(inputs), list(outputs), params, started, ended,
                              companions=extra)
     log.info("rule %s done in %.1f s", rule, (ended - started).total_seconds())

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from cordflow.io import atomic_path, keep_jsonl_rows
+from cordflow.train import dist
 
 log = logging.getLogger("cordflow.training")
 
@@ -214,11 +215,11 @@ class FitResult:
     stopped_early: bool = False
 
 
-def _progress(total: int, initial: int, desc: str) -> Iterator:
+def _progress(total: int, initial: int, desc: str, disable: bool = False) -> Iterator:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=2.0,
-                dynamic_ncols=False, ncols=100)
+                dynamic_ncols=False, ncols=100, disable=disable)
 
 
 def fit(
@@ -234,6 +235,7 @@ def fit(
     load_state_fn: Callable[[dict[str, Any]], None] | None = None,
     after_step: Callable[[int], dict | None] | None = None,
     train_mode: bool = True,
+    world: dist.World = dist.ONE,
 ) -> FitResult:
     """Run ``cfg.steps`` optimiser steps of ``step_fn`` over the model's trainable weights.
 
@@ -243,26 +245,32 @@ def fit(
     checkpoint's ``"step"``); ``after_step`` runs after each optimiser step (e.g. an EMA
     update). ``train_mode`` False trains in eval mode (dropout and the audio encoder's
     layer drop off): an on-policy method scores its rollouts in the mode they were sampled
-    in (generation runs in eval mode), as TRL's ``disable_dropout``.
+    in (generation runs in eval mode), as TRL's ``disable_dropout``. On several ranks
+    (``world``, :mod:`cordflow.train.dist`) each rank's ``step_fn`` computes its share of the
+    batch, gradients and metrics are averaged over the ranks, and rank 0 alone writes the
+    step log and the checkpoints (every rank resumes from them).
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = _optimizer(params, cfg)
-    resumed = _resume(ckpt, named, opt, steplog, load_state_fn, desc, cfg.steps)
+    resumed = _resume(ckpt, named, opt, steplog if world.main else None, load_state_fn, desc,
+                      cfg.steps)
     start = resumed if resumed is not None else 0
+    dist.barrier(world)  # no rank writes a checkpoint before every rank has read the last
 
     result = FitResult(steps=start, resumed_from=resumed)
-    bar = _progress(cfg.steps, start, desc)
+    bar = _progress(cfg.steps, start, desc, disable=not world.main)
     model.train(train_mode)
     try:
         for step in range(start, cfg.steps):
-            metrics = _optimise(step, cfg, step_fn, opt, params, after_step, desc, ckpt.root)
+            metrics = _optimise(step, cfg, step_fn, opt, params, after_step, desc, ckpt.root,
+                                world)
             done = step + 1
             stop = False
             if eval_fn is not None and eval_every and (done % eval_every == 0 or done == cfg.steps):
                 evaluation, stop = eval_fn(done)
                 metrics.update(evaluation)
-            if done % cfg.log_every == 0 or done == cfg.steps or stop:
+            if world.main and (done % cfg.log_every == 0 or done == cfg.steps or stop):
                 steplog.write(done, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
@@ -272,7 +280,10 @@ def fit(
                 log.info("%s: stopping at step %d (%s)", desc, done, evaluation)
                 break
             if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
-                ckpt.save(done, named, opt, {**(state_fn() if state_fn else {}), "step": done})
+                if world.main:  # the ranks hold the same weights and optimiser state
+                    ckpt.save(done, named, opt,
+                              {**(state_fn() if state_fn else {}), "step": done})
+                dist.barrier(world)
     finally:
         bar.close()
     return result
@@ -289,35 +300,38 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: LoopConfig) -> torch.optim
 
 
 def _resume(ckpt: Checkpoints, named: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-            steplog: StepLog, load_state_fn: Callable[[dict[str, Any]], None] | None,
+            steplog: StepLog | None, load_state_fn: Callable[[dict[str, Any]], None] | None,
             desc: str, total: int) -> int | None:
     """Load the latest checkpoint, if any, into the weights, the optimizer, the torch RNG
-    and (``load_state_fn``) the step's extra state, and drop the log rows written after it;
-    return its step (None: no checkpoint, start from step 0)."""
+    and (``load_state_fn``) the step's extra state, and drop the log rows written after it
+    (``steplog``: rank 0's); return its step (None: no checkpoint, start from step 0)."""
     latest = ckpt.latest()
     if latest is None:
         return None
     start, extra = ckpt.load(latest, named, opt)
     if load_state_fn is not None:
         load_state_fn(extra)
-    steplog.truncate_after(start)
+    if steplog is not None:
+        steplog.truncate_after(start)
     log.info("%s: resumed from %s (step %d of %d)", desc, latest, start, total)
     return start
 
 
 def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Optimizer,
               params: list[torch.nn.Parameter], after_step: Callable[[int], dict | None] | None,
-              desc: str, ckpt_root: Path) -> dict[str, float]:
+              desc: str, ckpt_root: Path, world: dist.World = dist.ONE) -> dict[str, float]:
     """One optimiser step at ``step``: set the scheduled learning rate, run ``step_fn``,
     backpropagate, clip the gradient of ``params`` (the trainable weights, in the model's
     order), step, run ``after_step``. A non-finite loss or gradient norm stops training
     with :class:`NonFiniteLoss`. Returns the step's metrics: loss, grad_norm, lr, timings,
-    then ``step_fn``'s own, then any that ``after_step`` returns (``time_sync``)."""
+    then ``step_fn``'s own, then any that ``after_step`` returns (``time_sync``); on several
+    ranks each averaged over them, the gradients averaged before clipping."""
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg)
     t0 = time.perf_counter()
     loss, metrics = step_fn(step)
-    if not torch.isfinite(loss):
+    mean_loss = dist.mean_metrics({"loss": loss.item()}, world, loss.device)["loss"]
+    if not math.isfinite(mean_loss):  # every rank sees it (the mean) and stops
         raise NonFiniteLoss(
             f"{desc}: loss is {loss.item()} at step {step} (terms: "
             f"{ {k: v for k, v in metrics.items() if 'loss' in k} }); stopping. Lower "
@@ -326,6 +340,7 @@ def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Opti
     opt.zero_grad(set_to_none=True)
     t1 = time.perf_counter()
     loss.backward()
+    dist.average_gradients(params, world)
     t_backward = time.perf_counter() - t1
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     if not torch.isfinite(grad_norm):
@@ -333,10 +348,10 @@ def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Opti
                             "stopping (see the step log for the loss terms)")
     opt.step()
     after = (after_step(step) if after_step is not None else None) or {}
-    return {"loss": loss.item(), "grad_norm": grad_norm.item(),
-            "lr": opt.param_groups[0]["lr"],
-            "time_step": time.perf_counter() - t0, "time_backward": t_backward,
-            **metrics, **after}
+    out = {"grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"],
+           "time_step": time.perf_counter() - t0, "time_backward": t_backward,
+           **metrics, **after}
+    return {"loss": mean_loss, **dist.mean_metrics(out, world, loss.device)}
 
 
 def work_dir(out_dir: str | Path, rule: str, params: dict, inputs: list[str | Path]) -> Path:

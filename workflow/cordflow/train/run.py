@@ -13,6 +13,9 @@ checkpoint on the spoken train split and writes ``out_dir``:
 
 The stage ``warmup`` is the ``sft`` method from the base with the ``warmup`` section's
 budget (:func:`cordflow.train.methods.warmup_spec`; :mod:`cordflow.warmup`).
+
+On several ranks (:mod:`cordflow.train.dist`) every rank runs this with its share of each
+batch; rank 0 writes the step log, the verdicts and ``out_dir``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cordflow import data, models
 from cordflow.config import section
 from cordflow.io import atomic_path, keep_jsonl_rows
 from cordflow.stage import seed_everything
+from cordflow.train import dist
 from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
 
 log = logging.getLogger("cordflow.train")
@@ -65,6 +69,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
 
     mcfg = section(params, "model")
     seed = int(params.get("seed", 0))
+    world = dist.init()
     qa_acoustic = acoustic_table(spec, qa_train, qa_acoustic)
     work = work_dir(out_dir, rule, params,
                     [init_dir, qa_train, manifest, *([qa_acoustic] if qa_acoustic else [])])
@@ -76,40 +81,45 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     if "lora" in spec["trainable"]:
         loaded.model = models.add_lora(loaded.model, mcfg["lora"])
     models.set_trainable(loaded.model, spec["trainable"])
+    dist.broadcast_parameters(loaded.model, world)
     teacher_cfg = spec.get("teacher", {"kind": "init"})
     teacher = Teacher(teacher_cfg["kind"], loaded, teacher_cfg.get("ema_decay", 0.99))
     judge = make_judge(spec["judge"], seed) if "judge" in spec else None
     loop = LoopConfig.from_cfg(spec["loop"])
     engine = make_engine(spec.get("rollout_engine", "transformers"), loaded,
-                         settings=spec.get("vllm"), seed=seed, log_path=work / "vllm_engine.log")
-    inputs = step_inputs(loaded, pairs.items,
-                         data.Batches(len(pairs), spec["loop"]["batch_size"], seed))
+                         settings=spec.get("vllm"), seed=seed,
+                         log_path=work / ("vllm_engine.log" if world.main
+                                          else f"vllm_engine.rank{world.rank}.log"))
+    batches = data.Batches(len(pairs), spec["loop"]["batch_size"], seed)
+    inputs = step_inputs(loaded, pairs.items, lambda i: dist.shard(batches(i), world))
     parts = kd.prepare(spec, loaded, teacher, mcfg)  # kd methods: teachers, layer map
     acoustic = None
     if parts.acoustic_teacher is not None:
         items = data.spoken_pairs(qa_acoustic, manifest).items
-        acoustic = step_inputs(loaded, items, data.Batches(
-            len(items), spec["kd_acoustic"]["batch_size"], seed + 1))
+        ac_batches = data.Batches(len(items), spec["kd_acoustic"]["batch_size"], seed + 1)
+        acoustic = step_inputs(loaded, items, lambda i: dist.shard(ac_batches(i), world))
         log.info("%s: acoustic items from %s: %d clips", rule, qa_acoustic, len(items))
     ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge,
                       text_teacher=parts.text_teacher, layer_map=parts.layer_map,
                       acoustic_teacher=parts.acoustic_teacher, acoustic_inputs=acoustic,
                       seed=seed)
-    log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d", rule,
-             spec["name"], init_dir, len(pairs), pairs.items["id"].nunique(), loop.steps,
-             spec["loop"]["batch_size"])
+    log.info("%s: method %s from %s, %d clips of %d spoken questions, %d steps of %d "
+             "(on %d rank(s))", rule, spec["name"], init_dir, len(pairs),
+             pairs.items["id"].nunique(), loop.steps, spec["loop"]["batch_size"], world.size)
 
     if samples_on_policy(spec):
         log.info("%s: on-policy: trains in eval mode (dropout off), as its rollouts are sampled",
                  rule)
-    steplog = StepLog(work / "train_log.jsonl", work / "tb", spec["name"])
+    steplog = StepLog(work / "train_log.jsonl", work / "tb" if world.main else None,
+                      spec["name"])
     verdict_log = work / "verdicts.jsonl"
 
     def flush_verdicts(_step: int) -> None:
-        if ctx.verdicts:
+        verdicts = dist.gather(list(ctx.verdicts), world)  # every rank's, in rank order
+        ctx.verdicts.clear()
+        if verdicts and world.main:
             with verdict_log.open("a") as f:
-                f.writelines(json.dumps(v, sort_keys=True) + "\n" for v in ctx.verdicts)
-            ctx.verdicts.clear()
+                f.writelines(json.dumps(v, sort_keys=True) + "\n" for v in verdicts)
 
     def after_step(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -123,7 +133,8 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         teacher.load_state(state)
         # Keep the verdicts of steps up to the checkpoint only.
         step = state.get("step", 0)
-        keep_jsonl_rows(verdict_log, lambda row: row["step"] <= step)
+        if world.main:
+            keep_jsonl_rows(verdict_log, lambda row: row["step"] <= step)
 
     ckpt = Checkpoints(work / "ckpt")
     # The layer map's projections (if any) train with the model and are checkpointed with it.
@@ -132,7 +143,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     try:
         fit(trained, loop, make_step(spec, ctx), ckpt, steplog, f"{rule}: {spec['name']}",
             state_fn=teacher.state, load_state_fn=load_state, after_step=after_step,
-            train_mode=not samples_on_policy(spec))
+            train_mode=not samples_on_policy(spec), world=world)
     finally:
         engine.close()  # a vLLM engine process ends with the job, whatever happened
         if hasattr(judge, "close"):
@@ -142,6 +153,10 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
             acoustic.close()
         steplog.close()
 
+    if not world.main:  # rank 0 writes the output
+        dist.barrier(world)
+        dist.close(world)
+        return
     with atomic_path(out_dir) as tmp:
         save_trained(loaded, tmp)
         (tmp / "method.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
@@ -151,6 +166,8 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
                 shutil.copy(work / name, tmp / name)
         shutil.copytree(work / "tb", tmp / "tb")
     shutil.rmtree(work, ignore_errors=True)
+    dist.barrier(world)
+    dist.close(world)
 
 
 def save_trained(loaded: models.Loaded, out_dir: Path) -> None:
