@@ -367,6 +367,39 @@ def export_crate(
     typer.echo(f"wrote {out / crate.METADATA}")
 
 
+@app.command()
+def plan(
+    configs: Annotated[list[Path], typer.Option(
+        "--config", help="Config files, layered in order (as snakemake --configfile).")],
+    ranks: Annotated[int, typer.Option(min=1, help="GPUs (ranks) of the train job.")] = 1,
+    trainable: Annotated[str | None, typer.Option(
+        help="Override train.trainable, e.g. 'full' or 'lora,audio'.")] = None,
+    gpu_gb: Annotated[float, typer.Option(help="Memory of one GPU (GiB).")] = 80.0,
+    peak_tflops: Annotated[float, typer.Option(help="bf16 dense peak of one GPU.")] = 989.0,
+    mfu: Annotated[float, typer.Option(help="Model FLOP utilisation of training.")] = 0.35,
+    decode_tok_s: Annotated[float, typer.Option(
+        help="Generated tokens/s of the rollout engine on one GPU (measure it: "
+             "benchmarks/gpu_smoke.py).")] = 2500.0,
+    audio_seconds: Annotated[float, typer.Option(help="Typical clip length.")] = 10.0,
+):
+    """Memory per rank and time of the train stage for a config and a GPU count
+    (cordflow/plan.py says what is exact and what is assumed)."""
+    import yaml
+
+    from cordflow import plan as planner
+    from cordflow.config import deep_merge, validate_config
+
+    merged: dict = {}
+    for path in configs:
+        merged = deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+    if trainable:
+        merged = deep_merge(merged, {"train": {"trainable": trainable.split(",")}})
+    cfg = validate_config(merged)
+    hw = planner.Hardware(gpu_gb, peak_tflops, mfu, decode_tok_s)
+    result = planner.plan(cfg, ranks, hw, audio_seconds, planner.profile_runtime("train"))
+    typer.echo(planner.render(result, ranks, cfg["train"]["trainable"]))
+
+
 # `cordflow profile install|show`: the Slurm profile (cordflow/profile.py).
 from cordflow.profile import app as _profile_app  # noqa: E402
 
