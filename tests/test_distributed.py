@@ -27,8 +27,9 @@ from test_train_run import init_dir, params_for  # noqa: F401 (a fixture)
 from cordflow.train import dist
 
 # Loss and weights of 2 ranks vs 1: the same numbers summed in another order (per-rank
-# means, one all-reduce) and prompts padded to another width. Measured here (4 cord steps,
-# global batch 4): max relative loss difference 3.4e-6, max weight difference 1.7e-7.
+# means, one all-reduce or FSDP2's reduce-scatter) and prompts padded to another width.
+# Measured here (4 cord steps, global batch 4): LoRA max relative loss difference 3.4e-6 and
+# weight difference 1.7e-7; full fine-tuning (FSDP2) 1.6e-5 and 1.3e-5.
 TOL = 1e-4
 STEPS = 4
 
@@ -91,12 +92,18 @@ def test_cord_on_2_ranks_trains_what_1_rank_trains(cord_params, init_dir, spoken
     assert len(list(out.parent.glob("cord*.prov.json"))) <= 1
 
 
-def test_a_killed_2_rank_run_resumes_to_the_same_weights(cord_params, init_dir,  # noqa: F811
-                                                         spoken, one_rank, tmp_path):
+@pytest.mark.parametrize("trainable", [["lora", "audio"], ["full"]])
+def test_a_killed_2_rank_run_resumes_to_the_same_weights(repo, init_dir, spoken,  # noqa: F811
+                                                         tmp_path, trainable):
     """Kill the whole job (as Slurm does at a time limit) once its step-2 checkpoint is
-    written; the rerun resumes from it and ends where an uninterrupted run ends."""
+    written; the rerun resumes from it and ends where an uninterrupted run ends. LoRA:
+    replicated weights; full: FSDP2 shards gathered into the checkpoint and scattered back."""
+    params = params_for(repo, "cord", steps=STEPS, batch_size=4, ckpt_every=2,
+                        trainable=trainable)
+    straight = tmp_path / "straight" / "cord"
+    train_cli(params, init_dir, spoken, straight, ranks=2)
     out = tmp_path / "cord"
-    proc = train_cli(cord_params, init_dir, spoken, out, ranks=2, wait=False)
+    proc = train_cli(params, init_dir, spoken, out, ranks=2, wait=False)
     deadline = time.monotonic() + 600
     ckpt = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -109,10 +116,10 @@ def test_a_killed_2_rank_run_resumes_to_the_same_weights(cord_params, init_dir, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    run = train_cli(cord_params, init_dir, spoken, out, ranks=2)
+    run = train_cli(params, init_dir, spoken, out, ranks=2)
     assert "resumed from" in run.stderr
-    assert losses(out)[2:] == pytest.approx(losses(one_rank)[2:], rel=TOL, abs=TOL)
-    assert max_weight_diff(one_rank, out) < TOL
+    assert losses(out)[2:] == pytest.approx(losses(straight)[2:], rel=TOL, abs=TOL)
+    assert max_weight_diff(straight, out) < TOL
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(repo, init_dir,  # noqa: F811
@@ -150,3 +157,19 @@ def test_gradients_and_metrics_average_over_ranks_on_one_rank_unchanged():
     assert p.grad.tolist() == [1.0, 2.0, 3.0]
     assert dist.mean_metrics({"a": 1.5}, dist.World()) == {"a": 1.5}
     assert dist.shard(torch.arange(4).numpy(), dist.World(1, 2)).tolist() == [2, 3]
+
+
+def test_full_fine_tuning_on_2_ranks_is_sharded_and_trains_what_1_rank_trains(
+        repo, init_dir, spoken, tmp_path):  # noqa: F811
+    """LM weights training (train.trainable: [full]) on 2 ranks: FSDP2, the model and its
+    frozen teacher sharded, every generation synced; the same losses and weights as 1 rank,
+    and a checkpoint (gathered from the shards) that a killed run resumes from."""
+    params = params_for(repo, "cord", steps=STEPS, batch_size=4, ckpt_every=2,
+                        trainable=["full"])
+    one, two = tmp_path / "one" / "cord", tmp_path / "two" / "cord"
+    train_cli(params, init_dir, spoken, one, ranks=1)
+    run = train_cli(params, init_dir, spoken, two, ranks=2)
+    assert "FSDP2 over 2 ranks" in run.stderr
+    for a, b in zip(losses(one), losses(two), strict=True):
+        assert b == pytest.approx(a, rel=TOL, abs=TOL)
+    assert max_weight_diff(one, two) < TOL

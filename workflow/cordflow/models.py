@@ -381,11 +381,13 @@ def resolve_folder(path: str | Path) -> Path:
     return folder
 
 
-def save(model: torch.nn.Module, processor, out_dir: str | Path) -> None:
-    """save_pretrained (safetensors) of model and processor into ``out_dir``."""
+def save(model: torch.nn.Module, processor, out_dir: str | Path,
+         state_dict: dict | None = None) -> None:
+    """save_pretrained (safetensors) of model and processor into ``out_dir`` (the weights
+    ``state_dict`` when given: a sharded model's gathered full state)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(out_dir)
 
 
@@ -643,12 +645,23 @@ def generate_ids(model: torch.nn.Module, batch: dict, stop_ids: Sequence[int], p
     model.eval()
     try:
         with _only_config(model, config):
-            out = model.generate(**batch, generation_config=config, logits_processor=processors)
+            out = model.generate(**batch, generation_config=config, logits_processor=processors,
+                                 synced_gpus=_sharded(model))
     finally:
         model.train(was_training)
     ids = out[:, batch["input_ids"].shape[1]:]
     mask = completion_mask(ids, stop_ids)
     return ids.masked_fill(mask == 0, pad_id).contiguous(), mask
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    """An FSDP2-sharded model on several ranks: every rank must run as many forwards as the
+    longest generation (transformers' ``synced_gpus``), or the all-gathers hang."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def row_seed(*key) -> int:

@@ -9,6 +9,9 @@ then the step time and the run time of ``train.steps`` steps, checked against th
 
 What is exact and what is a model:
 
+- when LM weights train on several ranks (FSDP2, :mod:`cordflow.train.dist`) the weights,
+  gradients, AdamW state and the frozen teacher copy are divided by the ranks (one layer at
+  a time is gathered on top: not counted); otherwise every rank holds them whole;
 - parameter counts are exact: the model is built on PyTorch's meta device (no memory) from
   the staged ``config.json`` when ``model.path`` has one, else from Qwen2-Audio-7B-Instruct's
   published architecture (:data:`QWEN2_AUDIO_7B`) for the 7B preset; LoRA adds
@@ -122,11 +125,12 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
     if "audio" in trainable or "full" in trainable:  # the encoder's activations too
         frames = int(audio_seconds * ENCODER_FRAMES_PER_S)
         act += seqs * frames * audio_cfg.encoder_layers * 34 * audio_cfg.d_model
+    shard = ranks if lm_trains else 1  # FSDP2 when LM weights train on several ranks
     memory = {
-        "weights": n["total"] * w,
-        "gradients": n["trainable"] * w,
-        "optimizer (AdamW, 2 states)": 2 * n["trainable"] * w,
-        "frozen teacher copy": n["total"] * w if lm_trains else 0,
+        "weights": n["total"] * w / shard,
+        "gradients": n["trainable"] * w / shard,
+        "optimizer (AdamW, 2 states)": 2 * n["trainable"] * w / shard,
+        "frozen teacher copy": n["total"] * w / shard if lm_trains else 0,
         "activations": act,
         "lm_head chunk (fp32)": 3 * tcfg["token"]["chunk_size"] * vocab * 4,
     }
@@ -144,9 +148,14 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
     step_s = compute_s + generate_s
     steps = tcfg["steps"]
     run_s = steps * step_s
-    out = {"counts": n, "memory": memory, "memory_total": total_mem, "gpu_bytes": hw.gpu_gb * GB,
+    out = {"counts": n, "memory": memory, "sharded": shard > 1, "memory_total": total_mem,
+           "gpu_bytes": hw.gpu_gb * GB,
            "tokens_per_rank": tokens, "step_s": step_s, "compute_s": compute_s,
            "generate_s": generate_s, "steps": steps, "run_s": run_s}
+    if shard > 1 and engine == "vllm":
+        out["note"] = ("FSDP2 training samples with the transformers engine (vLLM with "
+                       "FSDP2 is not built yet): set train.rollout_engine: transformers; the "
+                       "vLLM memory is then free and generation is slower than planned")
     if runtime_min:
         out["runtime_min"] = runtime_min
         out["jobs"] = math.ceil(run_s / 60 / runtime_min)
@@ -168,7 +177,8 @@ def profile_runtime(rule: str = "train", root: Path | None = None) -> float | No
 def render(p: dict, ranks: int, trainable: list[str]) -> str:
     """The plan as text."""
     c = p["counts"]
-    lines = [f"train on {ranks} rank(s), trainable {'+'.join(trainable)}: "
+    how = "FSDP2-sharded" if p["sharded"] else "replicated (data parallel)"
+    lines = [f"train on {ranks} rank(s), {how}, trainable {'+'.join(trainable)}: "
              f"{c['total'] / 1e9:.2f} B parameters ({c['audio'] / 1e9:.2f} B audio encoder + "
              f"projector), {c['trainable'] / 1e6:.1f} M train (LoRA {c['lora'] / 1e6:.1f} M)",
              f"per rank: {p['tokens_per_rank']:,} tokens forwarded with gradient per step", "",
@@ -186,4 +196,6 @@ def render(p: dict, ranks: int, trainable: list[str]) -> str:
                    f"needs {p['jobs']} jobs: rerun snakemake after each time limit, the "
                    "run resumes from its last checkpoint (train.ckpt_every)")
         lines.append(f"profile runtime for train: {p['runtime_min']:.0f} min -> {verdict}")
+    if "note" in p:
+        lines.append(f"note: {p['note']}")
     return "\n".join(lines)

@@ -164,6 +164,9 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
     of the flattened gradients; a parameter without a gradient counts as 0)."""
     if not world.distributed:
         return
+    params = [p for p in params if not _is_dtensor(p)]  # FSDP2 reduces its own
+    if not params:
+        return
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -175,6 +178,12 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
         n = p.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def mean_metrics(metrics: dict[str, float], world: World,
@@ -207,3 +216,64 @@ def broadcast_parameters(model: torch.nn.Module, world: World) -> None:
     with torch.no_grad():
         for p in model.parameters():
             torch.distributed.broadcast(p.data, 0)
+
+
+# ----------------------------------------------------------------------------- FSDP2
+
+def shards(world: World, model: torch.nn.Module) -> bool:
+    """Whether ``model`` trains sharded (FSDP2) on ``world``: several ranks and language-model
+    weights that train (full fine-tuning; LoRA and the audio encoder train replicated)."""
+    from cordflow import models
+
+    return world.distributed and models.lm_trainable(model)
+
+
+def shard_model(model: torch.nn.Module, world: World) -> None:
+    """FSDP2 (``fully_shard``) over the ranks, in place: each decoder layer and each audio
+    encoder layer its own unit, then the backbone (embeddings, norms, projector) and the
+    lm_head as two roots, since the step runs the backbone and the head on their own
+    (``models.completion_hidden``, chunked lm_head), and generation runs both."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from cordflow import models
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world.size,))
+    inner = models.core(model)
+    for layer in [*inner.model.language_model.layers, *inner.model.audio_tower.layers]:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(inner.model, mesh=mesh)
+    fully_shard(inner.lm_head, mesh=mesh)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None,
+               trainable_only: bool = True) -> tuple[dict, dict]:
+    """The full (unsharded) model and optimiser state on rank 0, CPU, by name (every rank
+    must call it: it gathers); empty on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True,
+                               ignore_frozen_params=trainable_only)
+    if opt is None:
+        return get_model_state_dict(model, options=options), {}
+    return get_state_dict(model, opt, options=options)
+
+
+def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, weights: dict,
+                    opt_state: dict) -> None:
+    """A full state (:func:`full_state`, read back from a checkpoint by every rank) into
+    every rank's shards of ``model`` and ``opt``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=weights, optim_state_dict=opt_state,
+                   options=StateDictOptions(full_state_dict=True, strict=False))

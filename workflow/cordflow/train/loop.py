@@ -129,8 +129,11 @@ class Checkpoints:
         dirs = self._dirs()
         return dirs[-1] if dirs else None
 
-    def save(self, step: int, named: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
-             extra: dict[str, Any]) -> Path:
+    def save(self, step: int, named: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
+             extra: dict[str, Any], opt_state: dict | None = None) -> Path:
+        """Write checkpoint ``step``: the trainable weights ``named``, the optimiser's state
+        (``opt_state``, e.g. the full state of a sharded model, or ``opt``'s own), the RNG
+        states and ``extra``."""
         from safetensors.torch import save_file
 
         target = self.root / f"step-{step}"
@@ -138,15 +141,18 @@ class Checkpoints:
             tmp.mkdir()
             save_file({k: p.detach().cpu().contiguous() for k, p in named.items()},
                       str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": opt.state_dict(), **rng_state(), "extra": extra},
-                       tmp / "state.pt")
+            torch.save({"optimizer": opt_state if opt_state is not None else opt.state_dict(),
+                        **rng_state(), "extra": extra}, tmp / "state.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
         for old in self._dirs()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
     def load(self, ckpt: Path, named: dict[str, torch.nn.Parameter],
-             opt: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+             opt: torch.optim.Optimizer,
+             sharded: torch.nn.Module | None = None) -> tuple[int, dict[str, Any]]:
+        """Load checkpoint ``ckpt`` into the weights ``named`` and ``opt`` (of the FSDP2
+        model ``sharded``: every rank takes its shard of the full state)."""
         from safetensors.torch import load_file
 
         weights = load_file(str(ckpt / "trainable.safetensors"))
@@ -154,11 +160,14 @@ class Checkpoints:
         if missing:
             raise SystemExit(f"checkpoint {ckpt} does not match the trainable parameters "
                              f"({sorted(missing)[:3]}...); delete {self.root} to start over")
-        with torch.no_grad():
-            for k, p in named.items():
-                p.copy_(weights[k].to(p.device, p.dtype))
         state = torch.load(ckpt / "state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
+        if sharded is not None:
+            dist.load_full_state(sharded, opt, weights, state["optimizer"])
+        else:
+            with torch.no_grad():
+                for k, p in named.items():
+                    p.copy_(weights[k].to(p.device, p.dtype))
+            opt.load_state_dict(state["optimizer"])
         set_rng_state(state)
         step = json.loads((ckpt / "state.json").read_text())["step"]
         return step, state["extra"]
@@ -253,8 +262,9 @@ def fit(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = _optimizer(params, cfg)
+    sharded = model if world.distributed and dist.is_sharded(model) else None
     resumed = _resume(ckpt, named, opt, steplog if world.main else None, load_state_fn, desc,
-                      cfg.steps)
+                      cfg.steps, sharded)
     start = resumed if resumed is not None else 0
     dist.barrier(world)  # no rank writes a checkpoint before every rank has read the last
 
@@ -280,9 +290,13 @@ def fit(
                 log.info("%s: stopping at step %d (%s)", desc, done, evaluation)
                 break
             if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps:
-                if world.main:  # the ranks hold the same weights and optimiser state
-                    ckpt.save(done, named, opt,
-                              {**(state_fn() if state_fn else {}), "step": done})
+                extra = {**(state_fn() if state_fn else {}), "step": done}
+                if sharded is not None:  # every rank gathers, rank 0 writes
+                    weights, opt_state = dist.full_state(sharded, opt)
+                    if world.main:
+                        ckpt.save(done, weights, opt, extra, opt_state=opt_state)
+                elif world.main:  # the ranks hold the same weights and optimiser state
+                    ckpt.save(done, named, opt, extra)
                 dist.barrier(world)
     finally:
         bar.close()
@@ -301,14 +315,14 @@ def _optimizer(params: list[torch.nn.Parameter], cfg: LoopConfig) -> torch.optim
 
 def _resume(ckpt: Checkpoints, named: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
             steplog: StepLog | None, load_state_fn: Callable[[dict[str, Any]], None] | None,
-            desc: str, total: int) -> int | None:
+            desc: str, total: int, sharded: torch.nn.Module | None = None) -> int | None:
     """Load the latest checkpoint, if any, into the weights, the optimizer, the torch RNG
     and (``load_state_fn``) the step's extra state, and drop the log rows written after it
     (``steplog``: rank 0's); return its step (None: no checkpoint, start from step 0)."""
     latest = ckpt.latest()
     if latest is None:
         return None
-    start, extra = ckpt.load(latest, named, opt)
+    start, extra = ckpt.load(latest, named, opt, sharded)
     if load_state_fn is not None:
         load_state_fn(extra)
     if steplog is not None:
@@ -343,6 +357,8 @@ def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Opti
     dist.average_gradients(params, world)
     t_backward = time.perf_counter() - t1
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over every rank's shards
+        grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "
                             "stopping (see the step log for the loss terms)")
