@@ -15,7 +15,7 @@ rule base:
     shell:
         "python -m cordflow base --params {params.cfg:q} --qa-train {input.qa_train:q}"
         " --qa-test {input.qa_test:q} --manifest {input.manifest:q} --out-dir {output:q}"
-        " > {log:q} 2>&1"
+        " --ranks {resources.ranks} > {log:q} 2>&1"
 
 
 rule warmup:

@@ -173,3 +173,35 @@ def test_full_fine_tuning_on_2_ranks_is_sharded_and_trains_what_1_rank_trains(
     for a, b in zip(losses(one), losses(two), strict=True):
         assert b == pytest.approx(a, rel=TOL, abs=TOL)
     assert max_weight_diff(one, two) < TOL
+
+
+def test_the_base_stage_on_2_ranks_trains_what_1_rank_trains(repo, spoken, tmp_path):
+    """The built model's base stage (text phase to the bar, then audio alignment) on 2
+    ranks: each rank a share of every batch, every rank checks the bar; rank 0 writes."""
+    params = {"seed": 3, "model": {"tiny": {"chunk_length": 4, "vocab_size": 320}},
+              "base": {"text": {"steps": 4, "batch_size": 8, "bar": 0.0, "eval_every": 2,
+                                "eval_items": 8},
+                       "audio": {"steps": 2, "batch_size": 4}, "eval_batch_size": 16}}
+    outs = {}
+    for ranks in (1, 2):
+        out = tmp_path / str(ranks) / "base"
+        cmd = [sys.executable, "-m", "cordflow", "base", "--params", json.dumps(params),
+               "--qa-train", "results/qa/train.parquet", "--qa-test", "results/qa/test.parquet",
+               "--manifest", "results/audio/manifest.parquet", "--out-dir", str(out),
+               "--ranks", str(ranks)]
+        run = subprocess.run(cmd, cwd=spoken, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-4000:]
+        outs[ranks] = out
+    assert "rank 1 of 2" in run.stderr
+    def rows(out):
+        return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+    one, two = rows(outs[1]), rows(outs[2])
+    # the bar (0) is met at the first check, step 2; then the audio steps
+    assert [(r["phase"], r["step"]) for r in one] == [("text", 1), ("text", 2),
+                                                       ("audio", 1), ("audio", 2)]
+    assert [(r["phase"], r["step"]) for r in two] == [(r["phase"], r["step"]) for r in one]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=TOL, abs=TOL)
+    assert max_weight_diff(outs[1], outs[2]) < TOL

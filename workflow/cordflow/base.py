@@ -32,6 +32,7 @@ import torch
 from cordflow import data, infer, models
 from cordflow.config import section
 from cordflow.io import atomic_path, sha256_file, write_text_atomic
+from cordflow.train import dist
 from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
 
 log = logging.getLogger("cordflow.base")
@@ -44,6 +45,7 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
         stage_pointer(mcfg, out_dir)
         return
     seed = int(params.get("seed", 0))
+    world = dist.init()  # several ranks: data parallel, replicated (a built model is small)
     work = work_dir(out_dir, "base", params, [qa_train, qa_test, manifest])
     work.mkdir(parents=True, exist_ok=True)
 
@@ -59,8 +61,9 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
     model, processor = models.build(mcfg, corpus, seed)
     device = models.resolve_device(mcfg)
     model.to(device)
+    dist.broadcast_parameters(model, world)
     loaded = models.Loaded(model, processor, device, mcfg["system_prompt"], mcfg["instruction"])
-    steplog = StepLog(work / "train_log.jsonl", work / "tb", "text")
+    steplog = StepLog(work / "train_log.jsonl", work / "tb" if world.main else None, "text")
     eval_bs = cfg["eval_batch_size"]
     max_new = mcfg["max_new_tokens"]
 
@@ -72,14 +75,20 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
         metrics = json.loads((text_done / "metrics.json").read_text())
     else:
         metrics = {"text_phase": text_phase(loaded, cfg, max_new, text_train, bar_items, seed,
-                                            work, steplog)}
-        with atomic_path(text_done) as tmp:
-            models.save(loaded.model, processor, tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics))
+                                            work, steplog, world)}
+        if world.main:
+            with atomic_path(text_done) as tmp:
+                models.save(loaded.model, processor, tmp)
+                (tmp / "metrics.json").write_text(json.dumps(metrics))
+        dist.barrier(world)
 
     # (b) audio alignment, LM frozen
-    audio_phase(loaded, cfg["audio"], audio_train, seed, work, steplog)
+    audio_phase(loaded, cfg["audio"], audio_train, seed, work, steplog, world)
     steplog.close()
+    if not world.main:  # every rank holds the same weights: rank 0 evaluates and writes
+        dist.barrier(world)
+        dist.close(world)
+        return
 
     text_acc = infer.accuracy(loaded, text_test, "text", eval_bs, max_new)
     audio_acc = infer.accuracy(loaded, audio_test, "audio", eval_bs, max_new)
@@ -93,20 +102,24 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
         shutil.copy(work / "train_log.jsonl", tmp / "train_log.jsonl")
         shutil.copytree(work / "tb", tmp / "tb")
     shutil.rmtree(work, ignore_errors=True)
+    dist.barrier(world)
+    dist.close(world)
 
 
 def text_phase(loaded: models.Loaded, cfg: dict, max_new: int, text_train, bar_items,
-               seed: int, work: Path, steplog: StepLog) -> dict:
+               seed: int, work: Path, steplog: StepLog, world: dist.World = dist.ONE) -> dict:
     """Phase (a): train the language model of ``loaded`` on text prompts -> gold answers
     until the held-out text accuracy on ``bar_items`` (checked every ``eval_every`` steps)
     reaches ``base.text.bar``; fail if the step budget ends below it. ``cfg``: the ``base``
-    section. Returns the phase's steps and final held-out text accuracy."""
+    section. Returns the phase's steps and final held-out text accuracy. On several ranks
+    each takes its share of every batch; each evaluates the bar (the same weights give the
+    same verdict on every rank)."""
     models.set_trainable(loaded.model, ["lm"])
     tcfg = cfg["text"]
     batches = data.Batches(len(text_train), tcfg["batch_size"], seed)
 
     def text_step(step: int):
-        rows = text_train.iloc[batches(step)]
+        rows = text_train.iloc[dist.shard(batches(step), world)]
         loss = target_nll(loaded, models.encode_text(loaded, list(rows["question"])),
                           list(rows["answer"]))
         return loss, {}
@@ -118,7 +131,7 @@ def text_phase(loaded: models.Loaded, cfg: dict, max_new: int, text_train, bar_i
 
     res = fit(loaded.model, LoopConfig.from_cfg(tcfg), text_step,
               Checkpoints(work / "ckpt-text"), steplog, "base: text", eval_fn=text_eval,
-              eval_every=tcfg["eval_every"])
+              eval_every=tcfg["eval_every"], world=world)
     acc = res.last.get("heldout_text_acc", float("nan"))
     if not acc >= tcfg["bar"]:
         raise SystemExit(
@@ -128,7 +141,7 @@ def text_phase(loaded: models.Loaded, cfg: dict, max_new: int, text_train, bar_i
 
 
 def audio_phase(loaded: models.Loaded, acfg: dict, audio_train, seed: int, work: Path,
-                steplog: StepLog) -> None:
+                steplog: StepLog, world: dist.World = dist.ONE) -> None:
     """Phase (b): align the audio encoder and projector of ``loaded`` (the language model
     frozen) on the spoken train questions for ``acfg["steps"]`` steps (``acfg``: the
     ``base.audio`` section); logged as phase ``audio`` in ``steplog``."""
@@ -137,12 +150,12 @@ def audio_phase(loaded: models.Loaded, acfg: dict, audio_train, seed: int, work:
     steplog.phase = "audio"
 
     def audio_step(step: int):
-        rows = audio_train.iloc[batches(step)]
+        rows = audio_train.iloc[dist.shard(batches(step), world)]
         loss = target_nll(loaded, infer.prompts(loaded, rows, "audio"), list(rows["answer"]))
         return loss, {}
 
     fit(loaded.model, LoopConfig.from_cfg(acfg), audio_step, Checkpoints(work / "ckpt-audio"),
-        steplog, "base: audio")
+        steplog, "base: audio", world=world)
 
 
 def target_nll(loaded: models.Loaded, prompt: dict, answers: list[str]) -> torch.Tensor:

@@ -139,11 +139,13 @@ def base(
     out_dir: Annotated[Path, typer.Option()],
     params: ParamsOpt = None,
     config: ConfigOpt = None,
+    ranks: RanksOpt = 1,
 ):
     """The model to start from (tiny: text pre-training, then audio alignment, LM frozen)."""
     from cordflow import base as stage
     from cordflow.stage import stage_run
 
+    _ranks(ranks)
     p = _params("base", params, config)
     with stage_run("base", p, [qa_train, qa_test, manifest], [out_dir]):
         stage.run(p, qa_train, qa_test, manifest, out_dir)
