@@ -270,6 +270,35 @@ def test_leftovers_of_an_interrupted_job_are_named_as_such(run):
     assert "interrupted job" in problem.detail
 
 
+def test_a_training_jobs_resume_folder_is_skipped_not_a_problem(repo, run, tmp_path):
+    """An unfinished (or killed) training job's resume folder beside its output is not an
+    artifact: audit --all and export-crate pass, the audit names it and never advises
+    deleting it."""
+    work = run / "results/models/.cord.work-0123456789abcdef"
+    (work / "ckpt" / "step-2").mkdir(parents=True)
+    (work / "ckpt" / "step-2" / "trainable.safetensors").write_bytes(b"weights")
+    (work / "train_log.jsonl").write_text('{"step": 1}\n')
+    report = audit.audit_all_report("results")
+    assert report.problems == [] and report.resume_folders == [work]
+    res = ok(cordflow(repo, "audit", "--all", cwd=run))
+    assert "skipped results/models/.cord.work-0123456789abcdef" in res.stdout
+    assert "delete" not in res.stdout and "all consistent" in res.stdout
+    crate.export_crate(run / "results", tmp_path / "crate")
+    assert ".cord.work" not in (tmp_path / "crate" / crate.METADATA).read_text()
+
+
+def test_a_job_that_starts_removes_the_record_of_its_previous_output(run):
+    """A forced rerun that is killed leaves no record beside its (deleted) output."""
+    from cordflow.stage import stage_run
+
+    out = run / "results/qa/test.parquet"
+    assert record_path(out).is_file()
+    out.unlink()  # what Snakemake does before it reruns the job
+    with pytest.raises(KeyboardInterrupt), stage_run("source", {}, [], [out]):
+        raise KeyboardInterrupt  # killed
+    assert not record_path(out).exists()
+
+
 def test_summary_lists_every_artifact_behind_the_targets(run):
     with open(run / SUMMARY, newline="") as f:
         rows = list(csv.DictReader(f))

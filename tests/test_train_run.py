@@ -169,6 +169,16 @@ def test_a_killed_cord_run_resumes_to_the_same_weights(repo, spoken, init_dir, t
     assert strip(la) == strip(lb)
     assert (tmp_path / "straight" / "verdicts.jsonl").read_text() == \
         (tmp_path / "resumed" / "verdicts.jsonl").read_text()
+    # TensorBoard: each step once (the killed attempt logged step 3 before dying), as straight
+    assert tb_steps(tmp_path / "resumed") == tb_steps(tmp_path / "straight") == [1, 2, 3, 4]
+
+
+def tb_steps(model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(model_dir / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars("cord/loss")]
 
 
 def test_prefetched_step_inputs_equal_inline_ones(spoken, init_dir, monkeypatch):

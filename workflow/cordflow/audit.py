@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cordflow.io import sha256_file
+from cordflow.io import RESUME_DIR, sha256_file
 from cordflow.provenance import (
     ENGINE_FILES,
     SUFFIX,
@@ -401,6 +401,9 @@ class Report:
     bytes_hashed: int
     seconds: float
     auditor: Auditor
+    # resume folders of unfinished or killed training jobs (skipped: not artifacts; a rerun
+    # of the job resumes from them and removes them)
+    resume_folders: list[Path] = field(default_factory=list)
 
     @classmethod
     def of(cls, root: Node, auditor: Auditor, t0: float) -> Report:
@@ -473,10 +476,17 @@ def audit(path: str | Path, results_dir: str | Path | None = None) -> Report:
     return Report.of(root, auditor, t0)
 
 
-def _walk_files(folder: Path, exclude: Iterable[str]) -> list[Path]:
+def _walk_files(folder: Path, exclude: Iterable[str],
+                resume: list[Path] | None = None) -> list[Path]:
+    """Every file under ``folder`` but those matching ``exclude`` and those in training
+    jobs' resume folders (:data:`cordflow.io.RESUME_DIR`: appended to ``resume``)."""
     patterns = list(exclude)
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        for d in [d for d in dirnames if RESUME_DIR.match(d)]:
+            dirnames.remove(d)
+            if resume is not None:
+                resume.append(norm(Path(dirpath) / d))
         dirnames.sort()
         for name in sorted(filenames):
             f = Path(dirpath) / name
@@ -493,7 +503,8 @@ def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()
     if not folder.is_dir():
         raise FileNotFoundError(f"audit --all: {folder} is not a folder")
     auditor = Auditor(folder)
-    files = _walk_files(folder, exclude)
+    resume: list[Path] = []
+    files = _walk_files(folder, exclude, resume)
     root = Node(folder, "folder", note="every record under it")
     for rp in (f for f in files if is_record(f)):
         root.children.append(auditor.artifact(rp.with_name(rp.name[: -len(SUFFIX)])))
@@ -514,7 +525,9 @@ def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()
                 "no provenance record covers it (no sidecar, not in a recorded folder, not "
                 "listed by any job); rerun the rule that writes it, or delete it if no rule does")
         auditor._problem(root, f, "unrecorded", hint)
-    return Report.of(root, auditor, t0)
+    report = Report.of(root, auditor, t0)
+    report.resume_folders = sorted(resume)
+    return report
 
 
 def audit_all(folder: str | Path = "results", exclude: Iterable[str] = ()) -> list[Problem]:

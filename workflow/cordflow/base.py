@@ -33,7 +33,14 @@ from cordflow import data, infer, models
 from cordflow.config import section
 from cordflow.io import atomic_path, sha256_file, write_text_atomic
 from cordflow.train import dist
-from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
+from cordflow.train.loop import (
+    Checkpoints,
+    LoopConfig,
+    StepLog,
+    fit,
+    work_dir,
+    write_tensorboard,
+)
 
 log = logging.getLogger("cordflow.base")
 
@@ -100,7 +107,7 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
         models.save(loaded.model, processor, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         shutil.copy(work / "train_log.jsonl", tmp / "train_log.jsonl")
-        shutil.copytree(work / "tb", tmp / "tb")
+        write_tensorboard(work / "train_log.jsonl", tmp / "tb")
     shutil.rmtree(work, ignore_errors=True)
     dist.barrier(world)
     dist.close(world)

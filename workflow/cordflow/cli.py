@@ -328,6 +328,10 @@ def audit(
             raise typer.Exit(2) from None
         n = len(report.auditor.records)
         summary = f"{au.shown(folder)}: {n} artifacts, {report.files_hashed} files hashed"
+        for work in report.resume_folders:
+            out.print(f"skipped {au.shown(work)}: the resume folder of an unfinished or killed "
+                      "training job (not an artifact; keep it: the job's rerun resumes from "
+                      "it and removes it)", highlight=False, soft_wrap=True)
     else:
         if path is None:
             raise typer.BadParameter("give an artifact PATH, or --all [DIR]")

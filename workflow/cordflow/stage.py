@@ -68,8 +68,15 @@ def stage_run(
     raises.
     """
     from cordflow import provenance
+    from cordflow.provenance import record_path
 
     setup_logging()
+    outputs = list(outputs)
+    for out in outputs:  # a killed run must not leave a record of the past beside no output
+        stale = record_path(out)
+        if stale.is_file() and os.environ.get("RANK", "0") == "0":
+            stale.unlink()
+            log.info("removed %s: the record of a previous %s, about to be replaced", stale, out)
     seed_everything(int(params.get("seed", 0)))
     started = dt.datetime.now(dt.timezone.utc)
     log.info("rule %s: params %s", rule, json.dumps(params, sort_keys=True))
@@ -78,6 +85,6 @@ def stage_run(
     ended = dt.datetime.now(dt.timezone.utc)
     if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0 writes nothing
         return
-    provenance.write_records(rule, list(inputs), list(outputs), params, started, ended,
+    provenance.write_records(rule, list(inputs), outputs, params, started, ended,
                              companions=extra)
     log.info("rule %s done in %.1f s", rule, (ended - started).total_seconds())

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cordflow.io import atomic_path, keep_jsonl_rows
+from cordflow.io import RESUME_DIR, atomic_path, keep_jsonl_rows
 from cordflow.train import dist
 
 log = logging.getLogger("cordflow.training")
@@ -214,6 +214,27 @@ class StepLog:
             self.tb.close()
 
 
+def write_tensorboard(log_path: str | Path, tb_dir: str | Path) -> None:
+    """TensorBoard events of a finished run, written fresh from its step log (one event per
+    phase, step and metric): the live events of the work folder also hold the steps a killed
+    attempt logged after its last checkpoint, which the step log drops on resume."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no %s", tb_dir)
+        return
+    writer = SummaryWriter(str(tb_dir))
+    try:
+        for line in Path(log_path).read_text().splitlines():
+            row = json.loads(line)
+            for k, v in row.items():
+                if k not in ("phase", "step") and isinstance(v, (int, float)) \
+                        and math.isfinite(v):
+                    writer.add_scalar(f"{row['phase']}/{k}", v, row["step"])
+    finally:
+        writer.close()
+
+
 # ------------------------------------------------------------------------------ the loop
 
 @dataclass
@@ -379,7 +400,9 @@ def work_dir(out_dir: str | Path, rule: str, params: dict, inputs: list[str | Pa
     out_dir = Path(out_dir)
     stamp = [(str(p), *(_stat(Path(p)))) for p in inputs]
     key = run_key(rule, params, code_version(rule), stamp)
-    return out_dir.parent / f".{out_dir.name}.work-{key}"
+    work = out_dir.parent / f".{out_dir.name}.work-{key}"
+    assert RESUME_DIR.match(work.name), work  # what the audits skip
+    return work
 
 
 def _stat(path: Path) -> tuple[int, float]:

@@ -33,7 +33,14 @@ from cordflow.config import section
 from cordflow.io import atomic_path, keep_jsonl_rows
 from cordflow.stage import seed_everything
 from cordflow.train import dist
-from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir
+from cordflow.train.loop import (
+    Checkpoints,
+    LoopConfig,
+    StepLog,
+    fit,
+    work_dir,
+    write_tensorboard,
+)
 
 log = logging.getLogger("cordflow.train")
 
@@ -174,7 +181,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         for name in ("train_log.jsonl", "verdicts.jsonl"):
             if (work / name).exists():
                 shutil.copy(work / name, tmp / name)
-        shutil.copytree(work / "tb", tmp / "tb")
+        write_tensorboard(work / "train_log.jsonl", tmp / "tb")
     shutil.rmtree(work, ignore_errors=True)
     dist.barrier(world)
     dist.close(world)
