@@ -373,8 +373,8 @@ def export_crate(
     typer.echo(f"wrote {out / crate.METADATA}")
 
 
-@app.command()
-def plan(
+@app.command("plan")
+def plan_command(  # not 'plan': tts_shard's --plan option would shadow it
     configs: Annotated[list[Path], typer.Option(
         "--config", help="Config files, layered in order (as snakemake --configfile).")],
     ranks: Annotated[int, typer.Option(min=1, help="GPUs (ranks) of the train job.")] = 1,

@@ -176,6 +176,10 @@ def main(argv: list[str]) -> int:
     folder = argv[2] if len(argv) > 2 else None
 
     def clean_up() -> None:
+        # A job that dies both closes our pipe and sends SIGTERM: whichever comes first
+        # cleans up, the other must not interrupt it (an os._exit mid-rmtree leaves the
+        # folder behind).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if folder:
             import shutil
 
