@@ -136,3 +136,20 @@ def test_a_clip_that_cannot_be_decoded_names_the_file_and_the_item(tmp_path):
     message = str(e.value)
     assert str(bad) in message and "item fedcba9876543210 take 2" in message
     assert str(good) not in message
+
+
+def test_store_clips_are_as_readable_as_the_umask_allows(tmp_path):
+    """A lab's shared cluster: clips written through mkstemp (0600) get the user's umask
+    mode, so the group can read them where the umask says so (and the crate's hard links
+    with them)."""
+    from cordflow.io import FILE_MODE
+    from cordflow.tts import store
+
+    s = store.Store(tmp_path / "store")
+    key = "cd" + "1" * 62
+    s.put(key, b"fLaC" * 16, {"loudness_lufs": -23.0, "peak_dbfs": -1.0})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert 0o666 & ~mask == FILE_MODE
+    for path in (s.flac_path(key), s.meta_path(key)):
+        assert path.stat().st_mode & 0o777 == FILE_MODE

@@ -21,6 +21,17 @@ from typing import Any
 # resumes; removed when it succeeds. Not an artifact: audits skip it.
 RESUME_DIR = re.compile(r"^\..+\.work-[0-9a-f]{16}$")
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# The mode a new file gets under the user's umask (read once, at import: os.umask can only
+# be read by setting it). Files made through mkstemp (0600) are set to it, so the group of
+# a lab on a shared cluster can read what the user's umask lets it.
+FILE_MODE = 0o666 & ~_umask()
+
 _WHERE_ERRORS = {
     errno.ENOSPC: "the disk is full: free space there (or point the results elsewhere)",
     errno.EDQUOT: "the disk quota is used up: free space there or raise the quota",

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cordflow.io import naming_path
+from cordflow.io import FILE_MODE, naming_path
 
 log = logging.getLogger("cordflow.tts")
 
@@ -49,6 +49,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 -> what the umask allows
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
