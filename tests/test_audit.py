@@ -135,6 +135,32 @@ def test_all_passes_on_a_clean_run_and_covers_every_file(repo, run):
         "all consistent")
 
 
+def test_an_unchanged_run_is_audited_from_the_stat_cache_and_tampering_still_caught(repo, run):
+    """cordflow audit keeps each file's sha256 by its stat (size, mtime, ctime, inode): an
+    unchanged run reads no file the second time; a file changed even with its size and mtime
+    put back (`touch -r`) is read again and caught; --deep reads everything."""
+    first = audit.audit_all_report("results", deep=False)
+    assert first.problems == [] and first.files_hashed > 0
+    again = audit.audit_all_report("results", deep=False)
+    assert again.problems == [] and again.files_hashed == 0
+    assert not any((run / "results").rglob("*.sqlite"))  # the cache is not in the results
+    assert ", 0 files read (0.0 MB)" in ok(cordflow(repo, "audit", "--all", cwd=run)).stdout
+    assert f", {first.files_hashed} files read" in ok(
+        cordflow(repo, "audit", "--all", "--deep", cwd=run)).stdout
+    shard = run / "results/audio/shards/0.parquet"
+    st = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    assert shard.stat().st_size == st.st_size and shard.stat().st_mtime_ns == st.st_mtime_ns
+    tampered = audit.audit_all_report("results", deep=False)
+    assert ("results/audio/shards/0.parquet", "changed") in kinds(tampered.problems)
+    assert tampered.files_hashed == 1
+    deep = audit.audit_all_report("results")  # --deep (and export-crate): every file read
+    assert deep.files_hashed == first.files_hashed
+
+
 def test_a_tampered_upstream_artifact_fails_naming_it(repo, run):
     with open(run / "results/qa/train.parquet", "ab") as f:
         f.write(b"\0")

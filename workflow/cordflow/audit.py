@@ -83,26 +83,76 @@ class Problem:
         return f"{self.path}: {self.kind}: {self.detail}"
 
 
-class HashCache:
-    """sha256 of files, each hashed at most once (many at a time in a thread pool)."""
+def _stat_key(st: os.stat_result) -> str:
+    """What a file's content cannot change without changing: size, mtime, ctime, inode
+    (ctime moves on every write and cannot be set back by a user, as mtime can)."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
-    def __init__(self, workers: int | None = None):
+
+class StatCache:
+    """sha256 by path and :func:`_stat_key`, kept between audits in a small SQLite file
+    (``.cordflow/audit-cache.sqlite`` beside the results folder): a file whose stat is
+    unchanged is not read again. ``cordflow audit --deep`` (and export-crate) do not use it."""
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        self.db.execute("CREATE TABLE IF NOT EXISTS sha (path TEXT PRIMARY KEY, stat TEXT, "
+                        "sha256 TEXT)")
+        self._new: dict[str, tuple[str, str]] = {}
+
+    def get(self, path: Path, st: os.stat_result) -> str | None:
+        row = self.db.execute("SELECT stat, sha256 FROM sha WHERE path = ?",
+                              (str(path),)).fetchone()
+        return row[1] if row is not None and row[0] == _stat_key(st) else None
+
+    def put(self, path: Path, st: os.stat_result, sha: str) -> None:
+        self._new[str(path)] = (_stat_key(st), sha)
+
+    def save(self) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO sha VALUES (?, ?, ?)",
+                                [(p, k, s) for p, (k, s) in self._new.items()])
+        self._new.clear()
+
+
+class HashCache:
+    """sha256 of files, each hashed at most once (many at a time in a thread pool); with a
+    :class:`StatCache`, a file whose stat did not change since an earlier audit is not read.
+    ``bytes`` and ``read`` count what was actually read."""
+
+    def __init__(self, workers: int | None = None, stat_cache: StatCache | None = None):
         self._sha: dict[Path, str] = {}
         self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
+        self.stat_cache = stat_cache
         self.bytes = 0
+        self.read = 0
 
     def __len__(self) -> int:
         return len(self._sha)
 
-    @staticmethod
-    def _hash(path: Path) -> tuple[str, int]:
-        return sha256_file(path), path.stat().st_size
+    def _hash(self, path: Path) -> tuple[str, int]:
+        """(sha256, bytes read: 0 when the stat cache knew it)."""
+        st = path.stat()
+        if self.stat_cache is not None and (sha := self.stat_cache.get(path, st)) is not None:
+            return sha, 0
+        sha = sha256_file(path)
+        if self.stat_cache is not None and _stat_key(path.stat()) == _stat_key(st):
+            self.stat_cache.put(path, st, sha)
+        return sha, st.st_size if st.st_size else -1
+
+    def _count(self, size: int) -> None:
+        if size:
+            self.read += 1
+            self.bytes += max(size, 0)
 
     def sha256(self, path: Path) -> str:
         path = norm(path)
         if path not in self._sha:
             self._sha[path], size = self._hash(path)
-            self.bytes += size
+            self._count(size)
         return self._sha[path]
 
     def prefetch(self, paths: Iterable[Path]) -> None:
@@ -114,7 +164,11 @@ class HashCache:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="audit-hash") as pool:
             for p, (sha, size) in zip(todo, pool.map(self._hash, todo)):
                 self._sha[p] = sha
-                self.bytes += size
+                self._count(size)
+
+    def save(self) -> None:
+        if self.stat_cache is not None:
+            self.stat_cache.save()
 
     def tree(self, path: Path) -> dict[str, str]:
         """``{relative path: sha256}`` of a directory (as :func:`provenance.hash_artifact`)."""
@@ -145,9 +199,10 @@ class Auditor:
     """Checks artifacts against their records; remembers every file hashed and every
     artifact checked, so a whole results folder costs one pass."""
 
-    def __init__(self, results_dir: str | Path = "results"):
+    def __init__(self, results_dir: str | Path = "results", deep: bool = True):
         self.results = norm(results_dir)
-        self.hashes = HashCache()
+        self.hashes = HashCache(stat_cache=None if deep else StatCache(
+            self.results.parent / ".cordflow" / "audit-cache.sqlite"))
         self.problems: dict[tuple[str, str], Problem] = {}
         self.records: dict[Path, dict[str, Any]] = {}  # artifact -> record (checked)
         self.sources: dict[Path, dict[str, Any]] = {}  # source path -> input entry
@@ -407,7 +462,8 @@ class Report:
 
     @classmethod
     def of(cls, root: Node, auditor: Auditor, t0: float) -> Report:
-        return cls(root, auditor.problem_list(), len(auditor.hashes), auditor.hashes.bytes,
+        auditor.hashes.save()
+        return cls(root, auditor.problem_list(), auditor.hashes.read, auditor.hashes.bytes,
                    time.perf_counter() - t0, auditor)
 
     @property
@@ -454,13 +510,16 @@ def results_of(path: str | Path) -> Path:
     return next((p for p in path.parents if p.name == "results"), norm("results"))
 
 
-def audit(path: str | Path, results_dir: str | Path | None = None) -> Report:
+def audit(path: str | Path, results_dir: str | Path | None = None,
+          deep: bool = True) -> Report:
     """Check ``path`` (an artifact, its ``.prov.json``, a file inside a directory artifact
     or a run-time file a record lists) and its lineage back to the sources. Inputs under
-    ``results_dir`` (default: :func:`results_of` ``path``) must be covered by a record."""
+    ``results_dir`` (default: :func:`results_of` ``path``) must be covered by a record.
+    ``deep`` False: files whose stat is unchanged since an earlier audit are not re-read
+    (:class:`StatCache`)."""
     t0 = time.perf_counter()
     path = norm(path)
-    auditor = Auditor(results_dir if results_dir is not None else results_of(path))
+    auditor = Auditor(results_dir if results_dir is not None else results_of(path), deep)
     if is_record(path):
         path = path.with_name(path.name[: -len(SUFFIX)])
     cov = auditor.owner(path)
@@ -496,13 +555,15 @@ def _walk_files(folder: Path, exclude: Iterable[str],
     return out
 
 
-def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()) -> Report:
-    """:func:`audit_all` with the figures (files hashed, time)."""
+def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = (),
+                     deep: bool = True) -> Report:
+    """:func:`audit_all` with the figures (files hashed, time); ``deep`` as in
+    :func:`audit`."""
     t0 = time.perf_counter()
     folder = norm(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"audit --all: {folder} is not a folder")
-    auditor = Auditor(folder)
+    auditor = Auditor(folder, deep)
     resume: list[Path] = []
     files = _walk_files(folder, exclude, resume)
     root = Node(folder, "folder", note="every record under it")

@@ -308,6 +308,10 @@ def audit(
                                        "folder, not one lineage.")] = False,
     results: ResultsOpt = None,
     exclude: ExcludeOpt = None,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Re-read every file. Without it, a file whose size, mtime, ctime and "
+                       "inode are those of an earlier audit is not read again "
+                       "(.cordflow/audit-cache.sqlite beside the results).")] = False,
 ):
     """Check an artifact's lineage back to the sources (printed as a tree); exit 1 naming
     every changed, missing or unrecorded file."""
@@ -322,12 +326,12 @@ def audit(
     if all_:
         folder = path or results or Path("results")
         try:
-            report = au.audit_all_report(folder, exclude or ())
+            report = au.audit_all_report(folder, exclude or (), deep=deep)
         except FileNotFoundError as e:
             err.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None
         n = len(report.auditor.records)
-        summary = f"{au.shown(folder)}: {n} artifacts, {report.files_hashed} files hashed"
+        summary = f"{au.shown(folder)}: {n} artifacts, {report.files_hashed} files read"
         for work in report.resume_folders:
             out.print(f"skipped {au.shown(work)}: the resume folder of an unfinished or killed "
                       "training job (not an artifact; keep it: the job's rerun resumes from "
@@ -335,10 +339,10 @@ def audit(
     else:
         if path is None:
             raise typer.BadParameter("give an artifact PATH, or --all [DIR]")
-        report = au.audit(path, results)
+        report = au.audit(path, results, deep=deep)
         out.print(au.tree(report.root))
         summary = (f"{au.shown(path)}: {len(report.auditor.records)} artifacts in its lineage, "
-                   f"{report.files_hashed} files hashed")
+                   f"{report.files_hashed} files read")
     summary += f" ({report.bytes_hashed / 1e6:.1f} MB) in {report.seconds:.2f} s"
     if report.problems:
         for problem in report.problems:
