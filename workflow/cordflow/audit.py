@@ -101,11 +101,12 @@ class StatCache:
         self.db = sqlite3.connect(str(path), check_same_thread=False)
         self.db.execute("CREATE TABLE IF NOT EXISTS sha (path TEXT PRIMARY KEY, stat TEXT, "
                         "sha256 TEXT)")
+        # One read of the whole table: a query per file costs more than hashing a small one.
+        self._known = {p: (k, s) for p, k, s in self.db.execute("SELECT * FROM sha")}
         self._new: dict[str, tuple[str, str]] = {}
 
     def get(self, path: Path, st: os.stat_result) -> str | None:
-        row = self.db.execute("SELECT stat, sha256 FROM sha WHERE path = ?",
-                              (str(path),)).fetchone()
+        row = self._known.get(str(path))
         return row[1] if row is not None and row[0] == _stat_key(st) else None
 
     def put(self, path: Path, st: os.stat_result, sha: str) -> None:
@@ -133,20 +134,20 @@ class HashCache:
     def __len__(self) -> int:
         return len(self._sha)
 
-    def _hash(self, path: Path) -> tuple[str, int]:
-        """(sha256, bytes read: 0 when the stat cache knew it)."""
+    def _hash(self, path: Path) -> tuple[str, int | None]:
+        """(sha256, bytes read: None when the stat cache knew it)."""
         st = path.stat()
         if self.stat_cache is not None and (sha := self.stat_cache.get(path, st)) is not None:
-            return sha, 0
+            return sha, None
         sha = sha256_file(path)
         if self.stat_cache is not None and _stat_key(path.stat()) == _stat_key(st):
             self.stat_cache.put(path, st, sha)
-        return sha, st.st_size if st.st_size else -1
+        return sha, st.st_size
 
-    def _count(self, size: int) -> None:
-        if size:
+    def _count(self, size: int | None) -> None:
+        if size is not None:
             self.read += 1
-            self.bytes += max(size, 0)
+            self.bytes += size
 
     def sha256(self, path: Path) -> str:
         path = norm(path)

@@ -33,14 +33,7 @@ from cordflow import data, infer, models
 from cordflow.config import section
 from cordflow.io import atomic_path, sha256_file, write_text_atomic
 from cordflow.train import dist
-from cordflow.train.loop import (
-    Checkpoints,
-    LoopConfig,
-    StepLog,
-    fit,
-    work_dir,
-    write_tensorboard,
-)
+from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir, write_tensorboard
 
 log = logging.getLogger("cordflow.base")
 

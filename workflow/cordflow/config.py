@@ -56,7 +56,7 @@ _TTS_SYNTH = ["tts/__init__.py", "tts/backends.py", "tts/coqui.py", "tts/espeak.
 _TABLES = ["source/schema.py", "tts/schema.py"]
 # The vLLM engine: the job's side, and the server and plugin it runs in the vLLM venv.
 _VLLM = ["vllm_engine/engine.py", "vllm_engine/process.py", "vllm_engine/protocol.py",
-         "vllm_engine/weights.py", "vllm_engine/server.py", "vllm_engine/plugin.py"]
+         "vllm_engine/weights.py", "vllm_engine/server.py", "vllm_engine/plugin.py", "procs.py"]
 _TRAIN = ["train/run.py", "train/methods.py", "train/loop.py", "train/step.py",
           "train/losses.py", "train/judges.py", "train/rollout.py", "train/kd.py",
           "train/dist.py", *_VLLM]
@@ -65,8 +65,8 @@ RULE_CODE: dict[str, list[str]] = {
     "tts_plan": ["tts/__init__.py", "tts/plan.py", "tts/schema.py", "source/schema.py"],
     "tts_shard": _TTS_SYNTH,
     "tts_gather": ["tts/gather.py", "tts/schema.py"],
-    "base": ["models.py", "audio.py", "base.py", "train/loop.py", "train/dist.py", "data.py",
-             "infer.py", "scoring.py", "train/losses.py", *_TABLES],
+    "base": ["models.py", "audio.py", "base.py", "train/loop.py", "train/dist.py", "procs.py",
+             "data.py", "infer.py", "scoring.py", "train/losses.py", *_TABLES],
     "warmup": ["models.py", "audio.py", "warmup.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
                *_TABLES],
     "train": ["models.py", "audio.py", *_TRAIN, "data.py", "infer.py", "scoring.py", *_TABLES],

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Write errors that are about the place written to, not the data: what to do about each.
 # The resume folder of a training job, beside its output: ``.<name>.work-<16 hex>``
 # (cordflow.train.loop.work_dir). Kept while the job is unfinished or was killed, so a rerun
 # resumes; removed when it succeeds. Not an artifact: audits skip it.
 RESUME_DIR = re.compile(r"^\..+\.work-[0-9a-f]{16}$")
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -32,6 +32,7 @@ def _umask() -> int:
 # a lab on a shared cluster can read what the user's umask lets it.
 FILE_MODE = 0o666 & ~_umask()
 
+# Write errors that are about the place written to, not the data: what to do about each.
 _WHERE_ERRORS = {
     errno.ENOSPC: "the disk is full: free space there (or point the results elsewhere)",
     errno.EDQUOT: "the disk quota is used up: free space there or raise the quota",

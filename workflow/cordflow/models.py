@@ -646,7 +646,7 @@ def generate_ids(model: torch.nn.Module, batch: dict, stop_ids: Sequence[int], p
     try:
         with _only_config(model, config):
             out = model.generate(**batch, generation_config=config, logits_processor=processors,
-                                 synced_gpus=_sharded(model))
+                                 synced_gpus=is_sharded(model))
     finally:
         model.train(was_training)
     ids = out[:, batch["input_ids"].shape[1]:]
@@ -654,7 +654,7 @@ def generate_ids(model: torch.nn.Module, batch: dict, stop_ids: Sequence[int], p
     return ids.masked_fill(mask == 0, pad_id).contiguous(), mask
 
 
-def _sharded(model: torch.nn.Module) -> bool:
+def is_sharded(model: torch.nn.Module) -> bool:
     """An FSDP2-sharded model on several ranks: every rank must run as many forwards as the
     longest generation (transformers' ``synced_gpus``), or the all-gathers hang."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

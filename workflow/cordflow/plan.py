@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cordflow.config import REPO_DIR
+
 GB = 1024**3
 
 # Qwen/Qwen2-Audio-7B-Instruct config.json (architecture keys).
@@ -51,6 +53,7 @@ QWEN2_AUDIO_7B = {
 }
 
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio: 750 audio tokens for Whisper's 30 s window
+TEMPLATE_TOKENS = 40  # the chat template around a question (system, roles, audio markers)
 ENCODER_FRAMES_PER_S = 50  # the encoder's positions before its 2x pooling
 
 
@@ -115,7 +118,7 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
         raise SystemExit(f"train.batch_size {batch} does not split over {ranks} ranks")
     per_rank = batch // ranks
     answer = mcfg["max_new_tokens"]
-    prompt = int(audio_seconds * AUDIO_TOKENS_PER_S) + 40  # audio tokens + chat template
+    prompt = int(audio_seconds * AUDIO_TOKENS_PER_S) + TEMPLATE_TOKENS
     seqs = per_rank * (rollouts + 1)  # GRPO rollouts + the token term's own rollout
     tokens = seqs * (prompt + answer)
     h, layers, vocab = text.hidden_size, text.num_hidden_layers, text.vocab_size
@@ -141,7 +144,7 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
     total_mem = sum(memory.values())
     active = n["total"]
     train_flops = (6 if lm_trains else 4) * active * tokens
-    teacher_flops = 2 * active * per_rank * (rollouts + 1) * (40 + answer)
+    teacher_flops = 2 * active * per_rank * (rollouts + 1) * (TEMPLATE_TOKENS + answer)
     compute_s = (train_flops + teacher_flops) / (hw.peak_tflops * 1e12 * hw.mfu)
     generated = per_rank * (rollouts + 2) * answer  # rollouts, token rollout, reference
     generate_s = generated / hw.decode_tok_s
@@ -166,7 +169,7 @@ def profile_runtime(rule: str = "train", root: Path | None = None) -> float | No
     """The ``runtime`` (minutes) the workflow profile asks Slurm for, for ``rule``."""
     import yaml
 
-    root = root or Path(__file__).resolve().parents[2]
+    root = root or REPO_DIR
     profile = root / "profiles" / "default" / "config.yaml"
     if not profile.is_file():
         return None

@@ -51,6 +51,12 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
+def _rank_zero() -> bool:
+    """Whether this process writes the stage's records: always, unless it is a torchrun
+    rank other than 0 (cordflow.train.dist; read from the environment: no torch here)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def stage_run(
     rule: str,
@@ -74,7 +80,7 @@ def stage_run(
     outputs = list(outputs)
     for out in outputs:  # a killed run must not leave a record of the past beside no output
         stale = record_path(out)
-        if stale.is_file() and os.environ.get("RANK", "0") == "0":
+        if stale.is_file() and _rank_zero():
             stale.unlink()
             log.info("removed %s: the record of a previous %s, about to be replaced", stale, out)
     seed_everything(int(params.get("seed", 0)))
@@ -83,7 +89,7 @@ def stage_run(
     extra: list[Path] = []
     yield extra
     ended = dt.datetime.now(dt.timezone.utc)
-    if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0 writes nothing
+    if not _rank_zero():  # a torchrun rank other than 0 writes nothing
         return
     provenance.write_records(rule, list(inputs), outputs, params, started, ended,
                              companions=extra)

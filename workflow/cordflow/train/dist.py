@@ -27,7 +27,6 @@ as TRL's per-device loss is; the default (``sequence``, the paper's) is exact.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from cordflow.procs import die_with_parent
 
 log = logging.getLogger("cordflow.dist")
 
@@ -109,17 +110,6 @@ def relaunch(ranks: int, argv: Sequence[str]) -> int:
                           preexec_fn=lambda: die_with_parent(signal.SIGTERM)).returncode
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (Linux
-    ``PR_SET_PDEATHSIG``), and exit now if it already has: a rank whose torchrun was killed
-    must not train on (and race the rerun for the checkpoint folder)."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: Slurm's job cleanup still stops every rank
-        return
-    if os.getppid() != parent or parent == 1:
-        os._exit(3)
 
 
 def init() -> World:
@@ -127,7 +117,9 @@ def init() -> World:
     rank's GPU; one rank: nothing to join."""
     world = current()
     if world.distributed and not torch.distributed.is_initialized():
-        die_with_parent()
+        # a rank whose torchrun was killed must not train on (and race the rerun for the
+        # checkpoint folder)
+        die_with_parent(signal.SIGKILL)
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(world.local_rank)
@@ -164,7 +156,7 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
     of the flattened gradients; a parameter without a gradient counts as 0)."""
     if not world.distributed:
         return
-    params = [p for p in params if not _is_dtensor(p)]  # FSDP2 reduces its own
+    params = [p for p in params if not is_dtensor(p)]  # FSDP2 reduces its own
     if not params:
         return
     for p in params:
@@ -180,7 +172,8 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
         offset += n
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def is_dtensor(t: torch.Tensor) -> bool:
+    """An FSDP2 shard (a DTensor): its ``full_tensor()`` gathers it over the ranks."""
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
@@ -244,12 +237,6 @@ def shard_model(model: torch.nn.Module, world: World) -> None:
         fully_shard(layer, mesh=mesh)
     fully_shard(inner.model, mesh=mesh)
     fully_shard(inner.lm_head, mesh=mesh)
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None,

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from cordflow.io import RESUME_DIR, atomic_path, keep_jsonl_rows
+from cordflow.models import is_sharded
 from cordflow.train import dist
 
 log = logging.getLogger("cordflow.training")
@@ -283,7 +284,7 @@ def fit(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = _optimizer(params, cfg)
-    sharded = model if world.distributed and dist.is_sharded(model) else None
+    sharded = model if is_sharded(model) else None
     resumed = _resume(ckpt, named, opt, steplog if world.main else None, load_state_fn, desc,
                       cfg.steps, sharded)
     start = resumed if resumed is not None else 0
@@ -378,7 +379,7 @@ def _optimise(step: int, cfg: LoopConfig, step_fn: StepFn, opt: torch.optim.Opti
     dist.average_gradients(params, world)
     t_backward = time.perf_counter() - t1
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over every rank's shards
+    if dist.is_dtensor(grad_norm):  # FSDP2: the norm over every rank's shards
         grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         raise NonFiniteLoss(f"{desc}: gradient norm is {grad_norm.item()} at step {step}; "

@@ -33,14 +33,7 @@ from cordflow.config import section
 from cordflow.io import atomic_path, keep_jsonl_rows
 from cordflow.stage import seed_everything
 from cordflow.train import dist
-from cordflow.train.loop import (
-    Checkpoints,
-    LoopConfig,
-    StepLog,
-    fit,
-    work_dir,
-    write_tensorboard,
-)
+from cordflow.train.loop import Checkpoints, LoopConfig, StepLog, fit, work_dir, write_tensorboard
 
 log = logging.getLogger("cordflow.train")
 
@@ -168,7 +161,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
         steplog.close()
 
     full = None
-    if world.distributed and dist.is_sharded(loaded.model):  # every rank gathers
+    if models.is_sharded(loaded.model):  # every rank gathers
         full, _ = dist.full_state(loaded.model, trainable_only=False)
     if not world.main:  # rank 0 writes the output
         dist.barrier(world)

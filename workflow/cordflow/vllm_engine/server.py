@@ -24,25 +24,13 @@ sends SIGTERM; IN closes), removing the engine's temporary folder.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import time
 import traceback
 
-
-def _die_with_parent() -> None:
-    """SIGTERM when the job that started us dies (Linux), and exit now if it already has."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent or parent == 1:
-        sys.exit(3)
-
+from cordflow.procs import die_with_parent
 
 ORPHANED = 4  # exit code: the job closed the pipe without asking us to stop
 
@@ -190,7 +178,7 @@ def main(argv: list[str]) -> int:
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)  # the job that started us dies: SIGTERM, then clean up
     code = Server().serve(fd_in, fd_out)
     if code == ORPHANED:
         clean_up()
