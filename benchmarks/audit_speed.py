@@ -2,7 +2,7 @@
 of the gap table under 5 s).
 
 Builds, with the real `stage_run` (so real records), a folder shaped like the embedded
-default's (``--clips 160000`` for the paper's 80,000 questions x 2 files a clip): 3 QA
+default's (``--clips 80000``: the paper's 80,000 questions, 160,000 store files): 3 QA
 tables, a 4-way plan, 4 TTS shards whose records list ~1380 clips (FLAC of ~40 kB + JSON
 each), the manifest, 4 model folders (~3 MB weights + tokenizer files), 4 evaluation
 tables, the gap table and plot, the provenance summary. Then times

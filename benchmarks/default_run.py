@@ -61,33 +61,55 @@ def main() -> None:
         print(f"(the run is in {work}; delete it when done)")
 
 
-def report(work: Path, wall: float | None, cores: str | None) -> None:
+ORDER = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "warmup", "train", "evaluate",
+         "summarize", "provenance_summary"]
+
+
+def _jobs(work: Path) -> list[dict]:
+    """One provenance record per job of the run in ``work`` (a job's outputs share a run id)."""
     jobs: dict[str, dict] = {}
     for path in (work / "results").rglob("*.prov.json"):
         rec = json.loads(path.read_text())
-        jobs.setdefault(rec.get("run_id") or str(path), rec)  # one entry per job
+        jobs.setdefault(rec.get("run_id") or str(path), rec)
+    return list(jobs.values())
+
+
+def _seconds(rec: dict) -> float:
+    return (dt.datetime.fromisoformat(rec["ended"])
+            - dt.datetime.fromisoformat(rec["started"])).total_seconds()
+
+
+def _span(jobs: list[dict]) -> float:
+    """Seconds from the first of ``jobs`` to start to the last to end."""
+    return (max(dt.datetime.fromisoformat(r["ended"]) for r in jobs)
+            - min(dt.datetime.fromisoformat(r["started"]) for r in jobs)).total_seconds()
+
+
+def rule_figures(work: Path) -> dict[str, dict]:
+    """Per rule (in DAG order): jobs, summed and longest wall seconds, wall seconds from the
+    first job's start to the last one's end, peak resident MB of a job, from the provenance
+    records of the run in ``work``."""
     per_rule: dict[str, list[dict]] = collections.defaultdict(list)
-    for rec in jobs.values():
+    for rec in _jobs(work):
         per_rule[rec["rule"]].append(rec)
+    out = {}
+    for rule in sorted(per_rule, key=lambda r: ORDER.index(r) if r in ORDER else 99):
+        secs = [_seconds(r) for r in per_rule[rule]]
+        out[rule] = {"jobs": len(secs), "sum_s": sum(secs), "max_s": max(secs),
+                     "wall_s": _span(per_rule[rule]),
+                     "peak_mb": max(r.get("peak_rss_mb") or 0 for r in per_rule[rule])}
+    return out
 
-    def seconds(rec: dict) -> float:
-        return (dt.datetime.fromisoformat(rec["ended"])
-                - dt.datetime.fromisoformat(rec["started"])).total_seconds()
 
+def report(work: Path, wall: float | None, cores: str | None) -> None:
     if wall is None:  # first job start to last job end
-        wall = (max(dt.datetime.fromisoformat(r["ended"]) for r in jobs.values())
-                - min(dt.datetime.fromisoformat(r["started"]) for r in jobs.values())
-                ).total_seconds()
+        wall = _span(_jobs(work))
     on = f" ({cores} cores)" if cores else ""
     print(f"default run in {work}{on}: {wall / 60:.1f} min wall")
     print(f"{'rule':12s} {'jobs':>4s} {'sum s':>8s} {'max s':>8s} {'peak MB':>8s}")
-    order = ["source", "tts_plan", "tts_shard", "tts_gather", "base", "warmup", "train",
-             "evaluate", "summarize", "provenance_summary"]
-    for rule in sorted(per_rule, key=lambda r: order.index(r) if r in order else 99):
-        recs = per_rule[rule]
-        secs = [seconds(r) for r in recs]
-        peak = max(r.get("peak_rss_mb") or 0 for r in recs)
-        print(f"{rule:12s} {len(recs):4d} {sum(secs):8.0f} {max(secs):8.0f} {peak:8.0f}")
+    for rule, fig in rule_figures(work).items():
+        print(f"{rule:12s} {fig['jobs']:4d} {fig['sum_s']:8.0f} {fig['max_s']:8.0f} "
+              f"{fig['peak_mb']:8.0f}")
     table = work / "results/eval/gap_table.csv"
     print("\ngap table (percent):")
     import pandas as pd

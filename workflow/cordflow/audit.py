@@ -34,6 +34,7 @@ import fnmatch
 import os
 import re
 import shlex
+import stat
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,12 @@ _TMP_LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 def norm(path: str | Path) -> Path:
     """Absolute, normalised path (symlinks kept: a path is judged where it is)."""
     return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def _key(path: str | Path) -> str:
+    """:func:`norm` as a string: the key the hot loops (a store's 160,000 clips) use, where
+    a ``Path`` per file costs more than its stat."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def shown(path: str | Path) -> str:
@@ -125,7 +132,7 @@ class HashCache:
     ``bytes`` and ``read`` count what was actually read."""
 
     def __init__(self, workers: int | None = None, stat_cache: StatCache | None = None):
-        self._sha: dict[Path, str] = {}
+        self._sha: dict[str, str] = {}  # by _key(path)
         self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
         self.stat_cache = stat_cache
         self.bytes = 0
@@ -134,13 +141,13 @@ class HashCache:
     def __len__(self) -> int:
         return len(self._sha)
 
-    def _hash(self, path: Path) -> tuple[str, int | None]:
+    def _hash(self, path: str, st: os.stat_result | None = None) -> tuple[str, int | None]:
         """(sha256, bytes read: None when the stat cache knew it)."""
-        st = path.stat()
+        st = st or os.stat(path)
         if self.stat_cache is not None and (sha := self.stat_cache.get(path, st)) is not None:
             return sha, None
         sha = sha256_file(path)
-        if self.stat_cache is not None and _stat_key(path.stat()) == _stat_key(st):
+        if self.stat_cache is not None and _stat_key(os.stat(path)) == _stat_key(st):
             self.stat_cache.put(path, st, sha)
         return sha, st.st_size
 
@@ -149,23 +156,42 @@ class HashCache:
             self.read += 1
             self.bytes += size
 
-    def sha256(self, path: Path) -> str:
-        path = norm(path)
-        if path not in self._sha:
-            self._sha[path], size = self._hash(path)
+    def sha256(self, path: str | Path) -> str:
+        key = _key(path)
+        if key not in self._sha:
+            self._sha[key], size = self._hash(key)
             self._count(size)
-        return self._sha[path]
+        return self._sha[key]
 
-    def prefetch(self, paths: Iterable[Path]) -> None:
+    def prefetch(self, paths: Iterable[str | Path]) -> None:
         """Hash the not yet hashed, existing files of ``paths`` in parallel."""
-        todo = sorted({norm(p) for p in paths} - self._sha.keys())
-        todo = [p for p in todo if p.is_file()]
-        if len(todo) < 8:
-            return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="audit-hash") as pool:
-            for p, (sha, size) in zip(todo, pool.map(self._hash, todo)):
-                self._sha[p] = sha
-                self._count(size)
+        self.shas([_key(p) for p in paths])
+
+    def shas(self, keys: list[str]) -> list[str | None]:
+        """sha256 of each of ``keys`` (:func:`_key` paths; None: not a file). A file the stat
+        cache knows costs one stat; the others are read, many at a time in a thread pool."""
+        todo: dict[str, os.stat_result] = {}
+        for key in keys:
+            if key in self._sha or key in todo:
+                continue
+            try:
+                st = os.stat(key)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            cached = self.stat_cache.get(key, st) if self.stat_cache is not None else None
+            if cached is not None:
+                self._sha[key] = cached
+            else:
+                todo[key] = st
+        if todo:
+            with ThreadPoolExecutor(min(self.workers, len(todo)),
+                                    thread_name_prefix="audit-hash") as pool:
+                for key, (sha, size) in zip(todo, pool.map(self._hash, todo, todo.values())):
+                    self._sha[key] = sha
+                    self._count(size)
+        return [self._sha.get(key) for key in keys]
 
     def save(self) -> None:
         if self.stat_cache is not None:
@@ -211,7 +237,8 @@ class Auditor:
         self.damaged: set[Path] = set()  # artifacts whose own files fail their record
         self.repairs: dict[str, int] = {}  # command -> order (files first, then the rest)
         self._nodes: dict[Path, Node] = {}
-        self._companions: dict[Path, Path] | None = None  # companion file -> artifact
+        self._companions: dict[str, Path] | None = None  # companion file (_key) -> artifact
+        self._companion_keys: dict[Path, list[str]] = {}  # artifact -> its companions (_key)
 
     # -- problems --------------------------------------------------------------------
     def _problem(self, node: Node | None, path: Path | str, kind: str, detail: str,
@@ -261,6 +288,15 @@ class Auditor:
         p = Path(path)
         return norm(p if p.is_absolute() else base / p)
 
+    def companion_keys(self, artifact: Path, rec: dict[str, Any]) -> list[str]:
+        """The companion files ``rec`` lists for ``artifact``, as :func:`_key` paths (as
+        :meth:`resolve`, in strings: a TTS shard lists thousands)."""
+        if artifact not in self._companion_keys:
+            base = str(self.record_base(artifact, rec))
+            self._companion_keys[artifact] = [os.path.normpath(os.path.join(base, c["path"]))
+                                              for c in rec.get("companions") or []]
+        return self._companion_keys[artifact]
+
     def _under_results(self, path: Path) -> bool:
         return path == self.results or self.results in path.parents
 
@@ -274,10 +310,10 @@ class Auditor:
         for parent in path.parents:
             if parent.name and record_path(parent).is_file():
                 return parent, path.relative_to(parent).as_posix()
-        owner = self.companion_index().get(path)
+        owner = self.companion_index().get(str(path))
         return (owner, "companion") if owner is not None else None
 
-    def companion_index(self) -> dict[Path, Path]:
+    def companion_index(self) -> dict[str, Path]:
         """Companion file -> the artifact whose record lists it (records under the results
         folder, read once, only when needed)."""
         if self._companions is None:
@@ -289,9 +325,8 @@ class Auditor:
                         rec = read_record(rp)
                     except ValueError:
                         continue  # reported when that artifact is checked
-                    base = self.record_base(artifact, rec)
-                    for c in rec.get("companions") or []:
-                        self._companions.setdefault(self.resolve(base, c["path"]), artifact)
+                    for key in self.companion_keys(artifact, rec):
+                        self._companions.setdefault(key, artifact)
         return self._companions
 
     # -- checks ----------------------------------------------------------------------
@@ -320,7 +355,7 @@ class Auditor:
         self.records[path] = rec
         base = self.record_base(path, rec)
         self._check_content(node, path, rec)
-        self._check_companions(node, base, rec)
+        self._check_companions(node, rec)
         for entry in rec.get("inputs") or []:
             node.children.append(self._check_input(node, path, base, entry))
         return node
@@ -368,29 +403,27 @@ class Auditor:
                 self._problem(node, path, "changed", f"sha256 {short(now_sha)} but rule {rule} "
                               f"wrote {short(rec.get('sha256'))}; {fix()}")
 
-    def _check_companions(self, node: Node, base: Path, rec: dict[str, Any]) -> None:
+    def _check_companions(self, node: Node, rec: dict[str, Any]) -> None:
         companions = rec.get("companions") or []
         if not companions:
             return
-        paths = [self.resolve(base, c["path"]) for c in companions]
-        self.hashes.prefetch(paths)
+        keys = self.companion_keys(node.path, rec)
         bad = 0
         rule = rec.get("rule")
-        for c, p in zip(companions, paths):
-            if not p.is_file():
-                self._problem(node, p, "missing", f"run-time output of rule {rule} (listed in "
-                              f"{record_path(node.path).name}) is gone; "
+        for c, key, sha in zip(companions, keys, self.hashes.shas(keys)):
+            if sha is None:
+                self._problem(node, key, "missing", f"run-time output of rule {rule} (listed "
+                              f"in {record_path(node.path).name}) is gone; "
                               f"{self._fix(node.path, rec)}")
                 bad += 1
-            elif self.hashes.sha256(p) != c.get("sha256"):
-                self._problem(node, p, "changed", f"sha256 {short(self.hashes.sha256(p))} but "
-                              f"rule {rule} recorded {short(c.get('sha256'))}; "
-                              f"{self._fix(node.path, rec)}")
+            elif sha != c.get("sha256"):
+                self._problem(node, key, "changed", f"sha256 {short(sha)} but rule {rule} "
+                              f"recorded {short(c.get('sha256'))}; {self._fix(node.path, rec)}")
                 bad += 1
-        where = os.path.commonpath([str(p) for p in paths])
+        where = os.path.commonpath(keys)
         status = "all match" if not bad else f"{bad} differ"
         node.children.append(Node(norm(where), "companions",
-                                  note=f"{len(paths)} run-time files, {status}"))
+                                  note=f"{len(keys)} run-time files, {status}"))
 
     def _check_input(self, node: Node, consumer: Path, base: Path,
                      entry: dict[str, Any]) -> Node:
@@ -537,22 +570,24 @@ def audit(path: str | Path, results_dir: str | Path | None = None,
 
 
 def _walk_files(folder: Path, exclude: Iterable[str],
-                resume: list[Path] | None = None) -> list[Path]:
-    """Every file under ``folder`` but those matching ``exclude`` and those in training
-    jobs' resume folders (:data:`cordflow.io.RESUME_DIR`: appended to ``resume``)."""
+                resume: list[Path] | None = None) -> list[str]:
+    """Every file under ``folder`` (:func:`_key` paths) but those matching ``exclude`` and
+    those in training jobs' resume folders (:data:`cordflow.io.RESUME_DIR`: appended to
+    ``resume``)."""
     patterns = list(exclude)
+    top = str(folder)
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(top):
         for d in [d for d in dirnames if RESUME_DIR.match(d)]:
             dirnames.remove(d)
             if resume is not None:
-                resume.append(norm(Path(dirpath) / d))
+                resume.append(norm(os.path.join(dirpath, d)))
         dirnames.sort()
         for name in sorted(filenames):
-            f = Path(dirpath) / name
-            rel = f.relative_to(folder).as_posix()
+            f = os.path.join(dirpath, name)
+            rel = os.path.relpath(f, top) if patterns else ""
             if not any(fnmatch.fnmatch(rel, pat) for pat in patterns):
-                out.append(norm(f))
+                out.append(f)
     return out
 
 
@@ -568,19 +603,16 @@ def audit_all_report(folder: str | Path = "results", exclude: Iterable[str] = ()
     resume: list[Path] = []
     files = _walk_files(folder, exclude, resume)
     root = Node(folder, "folder", note="every record under it")
-    for rp in (f for f in files if is_record(f)):
-        root.children.append(auditor.artifact(rp.with_name(rp.name[: -len(SUFFIX)])))
-    covered: set[Path] = set()
+    for rp in (f for f in files if f.endswith(SUFFIX)):
+        root.children.append(auditor.artifact(rp[: -len(SUFFIX)]))
+    covered: set[str] = set()
     for artifact, rec in auditor.records.items():
-        covered.add(artifact)
+        covered.add(str(artifact))
         if rec.get("type") == "directory":
-            covered.update(artifact / rel for rel in rec.get("files") or {})
-            covered.update(artifact / name for name in ENGINE_FILES)
-        base = auditor.record_base(artifact, rec)
-        covered.update(auditor.resolve(base, c["path"]) for c in rec.get("companions") or [])
-    for f in files:
-        if is_record(f) or f in covered:
-            continue
+            names = [*(rec.get("files") or {}), *ENGINE_FILES]
+            covered.update(_key(artifact / rel) for rel in names)
+        covered.update(auditor.companion_keys(artifact, rec))
+    for f in map(Path, (f for f in files if not f.endswith(SUFFIX) and f not in covered)):
         leftover = next((p for p in [f, *f.parents] if _TMP_LEFTOVER.match(p.name)), None)
         hint = (f"left by an interrupted job in {shown(leftover)} (safe to delete)"
                 if leftover is not None else
