@@ -65,6 +65,9 @@ def user_env() -> dict:
     PYTHONPATH or profile of the test process's own (the Snakefile sets PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SNAKEMAKE_PROFILE")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    vllm = REPO / ".venv-vllm" / "bin" / "python"  # a copy has no venvs: use the checkout's
+    if vllm.exists():
+        env.setdefault("CORDFLOW_VLLM_PYTHON", str(vllm))
     return env
 
 

@@ -18,6 +18,7 @@ from cordflow.train.losses import (
     sampled_reverse_kl,
     sft_loss,
     token_loss,
+    topk_count,
     topk_weights,
 )
 
@@ -148,6 +149,25 @@ def test_topk_weights_per_rollout_by_sorting(k):
     D[~padded_mask(LENGTHS, T)] = 99.0  # large values on padding must never be selected
     got = topk_weights(D, padded_mask(LENGTHS, T), k=k, alpha=2.0)
     assert torch.equal(got, topk_loop(D, LENGTHS, k, 2.0))
+
+
+def test_topk_weights_take_one_k_per_rollout():
+    torch.manual_seed(6)
+    T = max(LENGTHS)
+    D, mask = torch.rand(len(LENGTHS), T), padded_mask(LENGTHS, T)
+    ks = [2, 0, 1, 3, 4]
+    want = torch.stack([topk_loop(D[i:i + 1], LENGTHS[i:i + 1], k, 2.0)[0]
+                        for i, k in enumerate(ks)])
+    assert torch.equal(topk_weights(D, mask, k=torch.tensor(ks), alpha=2.0), want)
+
+
+def test_topk_count_is_k_or_a_share_of_each_rollout_length():
+    """K_i = ceil(k_fraction * T_i), at least 1; without k_fraction, k."""
+    mask = padded_mask(LENGTHS, max(LENGTHS))  # lengths 5, 1, 3, 0, 7
+    assert topk_count(mask, 20, None) == 20
+    assert topk_count(mask, 20, 0.1).tolist() == [1, 1, 1, 1, 1]
+    assert topk_count(mask, 20, 0.5).tolist() == [3, 1, 2, 1, 4]
+    assert topk_count(mask, 20, 1.0).tolist() == [5, 1, 3, 1, 7]
 
 
 def test_topk_weights_ties_are_deterministic_earliest_first():

@@ -223,6 +223,31 @@ def test_the_token_kl_puts_the_student_on_audio_and_the_teacher_on_text(repo):
         assert metrics["loss_token"] != pytest.approx(wrong, rel=2e-3)
 
 
+def test_the_token_weights_take_k_as_a_share_of_each_rollout(repo):
+    """train.token.k_fraction: the K_i = ceil(k_fraction * T_i) most divergent positions of
+    each rollout get alpha (the default's answers are shorter than the paper's K = 20)."""
+    from cordflow.train import losses as L
+
+    loaded = tiny.loaded()
+    spec = spec_of(repo, "cord", token={"k": 20, "k_fraction": 0.25})
+    assert spec["token"]["k_fraction"] == 0.25 and spec["token"]["alpha"] > 1
+    _, metrics, ctx, batch = replay_step(loaded, spec, student_drift=0.1)
+    comp = ctx.engine.seen[(tuple(batch.audio["input_ids"].shape), 1)]  # the KL rollout
+    with torch.no_grad():
+        student, teacher = loaded.model, ctx.teacher.model
+        s = models.lm_head(student)(models.completion_hidden(student, batch.audio, comp))
+        t = models.lm_head(teacher)(models.completion_hidden(teacher, batch.text, comp))
+    D = L.reverse_kl(s.float(), t.float())
+    k = L.topk_count(comp.mask, 20, 0.25)
+    assert k.tolist() == [1 if n <= 4 else 2 for n in comp.mask.sum(-1).tolist()]
+
+    def loss(k):
+        return L.token_loss(D, comp.mask, k, spec["token"]["alpha"], spec["token"]["beta"])
+
+    assert metrics["loss_token"] == pytest.approx(loss(k).item(), rel=1e-4)
+    assert metrics["loss_token"] != pytest.approx(loss(20).item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("reference, calls", [("teacher", 1), ("current", 2)])
 def test_the_reference_answer_comes_from_the_setting(repo, loaded, reference, calls):
     """train.sequence.reference: the teacher's text answer, or the current model's through

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "reverse_kl", "sampled_reverse_kl", "forward_kl", "topk_weights", "position_weights",
-    "token_loss", "group_advantages", "policy_loss", "sft_loss", "completion_terms",
-    "AGGREGATIONS", "distill_loss", "hidden_distance", "layer_loss", "DISTANCES",
+    "reverse_kl", "sampled_reverse_kl", "forward_kl", "topk_count", "topk_weights",
+    "position_weights", "token_loss", "group_advantages", "policy_loss", "sft_loss",
+    "completion_terms", "AGGREGATIONS", "distill_loss", "hidden_distance", "layer_loss",
+    "DISTANCES",
 ]
 
 DISTANCES = ("cosine", "mse")
@@ -102,18 +103,36 @@ def forward_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- weights
 
 @torch.no_grad()
-def topk_weights(D: Tensor, mask: Tensor, k: int = 20, alpha: float = 2.0) -> Tensor:
+def topk_count(mask: Tensor, k: int = 20, k_fraction: float | None = None) -> int | Tensor:
+    """How many positions of each rollout :func:`topk_weights` weights: ``k``, or with
+    ``k_fraction`` a share of each rollout's own length ``T_i`` (a ``[B]`` tensor)::
+
+        K_i = ceil(k_fraction * T_i)        (at least 1)
+
+    The paper's K = 20 of up to 200 tokens is ``k_fraction = 0.1``; a fixed K = 20 on
+    answers of a few tokens would give every token ``alpha``.
+    """
+    if k_fraction is None:
+        return k
+    return torch.ceil(k_fraction * _float_mask(mask).sum(-1)).long().clamp(min=1)
+
+
+@torch.no_grad()
+def topk_weights(D: Tensor, mask: Tensor, k: int | Tensor = 20, alpha: float = 2.0) -> Tensor:
     """Importance weights ``[B, T]``: ``alpha`` on the ``k`` largest ``D_t`` of EACH
     rollout among its real tokens, 1 on its other real tokens, 0 on padding::
 
         w_kl_t = alpha if t is among the k largest D_t of its rollout else 1
 
-    A rollout with at most ``k`` tokens gets ``alpha`` everywhere. Ties go to the earlier
-    position (a stable sort), so the choice is deterministic. Computed on ``D.detach()``:
-    the selection is a constant, it carries no gradient.
+    ``k``: one K, or a ``[B]`` tensor of one per rollout (:func:`topk_count`). A rollout
+    with at most ``k`` tokens gets ``alpha`` everywhere. Ties go to the earlier position (a
+    stable sort), so the choice is deterministic. Computed on ``D.detach()``: the selection
+    is a constant, it carries no gradient.
     """
-    if k < 0:
+    if bool((torch.as_tensor(k) < 0).any()):
         raise ValueError(f"topk_weights: k is {k}; it must be >= 0")
+    if isinstance(k, Tensor):
+        k = k.to(D.device).view(-1, 1)
     m = mask > 0
     d = _up(D.detach()).masked_fill(~m, float("-inf"))
     order = torch.sort(d, dim=-1, descending=True, stable=True).indices
@@ -139,7 +158,7 @@ def position_weights(mask: Tensor, beta: float = 2.0) -> Tensor:
     return (beta - (beta - 1) * frac) * m
 
 
-def token_loss(D: Tensor, mask: Tensor, k: int = 20, alpha: float = 2.0,
+def token_loss(D: Tensor, mask: Tensor, k: int | Tensor = 20, alpha: float = 2.0,
                beta: float = 2.0) -> Tensor:
     """CORD's token-level loss (scalar)::
 

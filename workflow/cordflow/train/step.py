@@ -265,7 +265,8 @@ def _mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float((x.detach().float() * m).sum() / m.sum().clamp(min=1))
 
 
-def _kl_metrics(kl: torch.Tensor, mask: torch.Tensor, k: int) -> dict[str, float]:
+def _kl_metrics(kl: torch.Tensor, mask: torch.Tensor,
+                k: int | torch.Tensor) -> dict[str, float]:
     """Mean KL per token and the share of each rollout's KL in its top-K positions."""
     kl = kl.detach().float() * mask.float()
     top = losses.topk_weights(kl, mask, k, alpha=2.0) > 1.0
@@ -409,8 +410,9 @@ def token_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
             comp = ctx.engine.generate(batch.audio, ctx.max_new, cfg["temperature"],
                                        seeds=state.seeds("token"))
         forward = _forward(ctx, state, batch.audio, comp, batch.text, _kl_kind(cfg))
-    loss = losses.token_loss(forward["kl"], comp.mask, cfg["k"], cfg["alpha"], cfg["beta"])
-    metrics = {"loss_token": loss.item(), **_kl_metrics(forward["kl"], comp.mask, cfg["k"])}
+    k = losses.topk_count(comp.mask, cfg["k"], cfg["k_fraction"])
+    loss = losses.token_loss(forward["kl"], comp.mask, k, cfg["alpha"], cfg["beta"])
+    metrics = {"loss_token": loss.item(), **_kl_metrics(forward["kl"], comp.mask, k)}
     if spec.get("sequence") is None:
         metrics.update(_rollout_metrics(forward, comp))
     return loss, metrics
