@@ -17,6 +17,7 @@ Skipped, saying why, only when the vLLM venv is absent.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -186,6 +187,52 @@ def test_after_training_steps_with_sync_vllm_serves_the_new_weights(repo, python
     print(f"sync times: {[round(s, 3) for s in syncs]} s")
 
 
+def test_the_teacher_answers_from_its_own_engine_with_the_teachers_weights(repo, python,
+                                                                           prompts):
+    """train.teacher.engine: rollout with vLLM: the init teacher's answers come from a second
+    engine serving the weights with the adapters off (not the student's); an EMA teacher's
+    engine serves the average after each update; kind live answers from the policy's."""
+    ld, text, audio = prompts
+    config = load_config(repo / "config" / "config.yaml", {})
+    torch.manual_seed(0)
+    ld.model = models.add_lora(ld.model, config["model"]["lora"])
+    models.set_trainable(ld.model, ["lora", "audio"])
+    with torch.no_grad():  # adapters that change the answers: student != teacher
+        for name, p in ld.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    student = models.generate(ld, text, MAX_NEW)
+    teachers = {kind: Teacher(kind, ld) for kind in ("init", "ema", "live")}
+    hf = {kind: t.generate(text, MAX_NEW, 0.0) for kind, t in teachers.items()}
+    assert not torch.equal(hf["init"].ids, student.ids), "adapters changed nothing: no test"
+    policy = object()  # stands for the policy's engine: kind live must answer from it
+    for t in teachers.values():
+        t.use_engine("vllm", policy, {"python": str(python)}, seed=0)
+    assert teachers["live"].engine is policy
+    init, ema = teachers["init"], teachers["ema"]
+    try:
+        got = init.generate(text, MAX_NEW, 0.0)
+        assert torch.equal(got.ids, hf["init"].ids) and torch.equal(got.mask, hf["init"].mask)
+        assert torch.equal(init.generate(audio, MAX_NEW, 0.0).ids,
+                           Teacher("init", ld).generate(audio, MAX_NEW, 0.0).ids)
+        assert torch.equal(ema.generate(text, MAX_NEW, 0.0).ids, hf["ema"].ids)
+        with torch.no_grad():  # the live weights move; the EMA follows them
+            for p in ld.model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p))
+        ema.decay = 0.0  # the average is the live weights: its answers must change
+        ema.update(1)
+        want = models.generate(ld, text, MAX_NEW, 0.0, model=ema.copy)
+        assert not torch.equal(want.ids, hf["ema"].ids), "the update changed nothing: no test"
+        assert torch.equal(ema.generate(text, MAX_NEW, 0.0).ids, want.ids)
+        procs = [(t.engine.proc.pid, t.engine.proc.folder) for t in (init, ema)]
+    finally:
+        for t in teachers.values():
+            t.close()
+    for pid, folder in procs:
+        assert_gone(pid, folder)
+
+
 def test_a_killed_engine_fails_clearly_leaves_nothing_and_a_rerun_starts_clean(python,
                                                                                prompts):
     ld, _, audio = prompts
@@ -256,15 +303,19 @@ def engine_children() -> list[int]:
 
 
 def test_a_cord_train_job_with_the_vllm_engine(repo, python, spoken, init_dir, tmp_path,
-                                               monkeypatch):
+                                               monkeypatch, caplog):
     """The train stage itself (run_spec) with train.rollout_engine: vllm: it trains, logs
-    the sync time of every step, saves the model, and stops its engine."""
+    the sync time of every step, saves the model, and stops its engines (the policy's, and
+    the teacher's for the reference answers)."""
     from test_train_run import STEPS, params_for, train
 
     monkeypatch.chdir(".")
     params = params_for(repo, "cord", rollout_engine="vllm", vllm={"python": str(python)})
     out = tmp_path / "cord"
-    train(params, init_dir, spoken, out)
+    with caplog.at_level(logging.INFO, logger="cordflow.vllm"):
+        train(params, init_dir, spoken, out)
+    starts = [r for r in caplog.records if "engine start" in r.getMessage()]
+    assert len(starts) == 2, [r.getMessage() for r in starts]  # policy + teacher
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(r["time_sync"] > 0 for r in rows)

@@ -141,6 +141,10 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
     if engine == "vllm":
         memory["vLLM engine (weights + KV cache)"] = (
             tcfg["vllm"]["gpu_memory_utilization"] * hw.gpu_gb * GB)
+        teacher = tcfg["teacher"]
+        if teacher["engine"] == "rollout" and teacher["kind"] != "live":
+            memory["vLLM teacher engine (train.teacher.engine)"] = (
+                tcfg["vllm"]["gpu_memory_utilization"] * hw.gpu_gb * GB)
     total_mem = sum(memory.values())
     active = n["total"]
     train_flops = (6 if lm_trains else 4) * active * tokens

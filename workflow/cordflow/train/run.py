@@ -97,6 +97,11 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
                          settings=spec.get("vllm"), seed=seed,
                          log_path=work / ("vllm_engine.log" if world.main
                                           else f"vllm_engine.rank{world.rank}.log"))
+    if teacher_cfg.get("engine", "rollout") == "rollout":
+        teacher.use_engine(spec.get("rollout_engine", "transformers"), engine,
+                           spec.get("vllm"), seed,
+                           log_path=work / ("teacher_vllm_engine.log" if world.main
+                                            else f"teacher_vllm_engine.rank{world.rank}.log"))
     batches = data.Batches(len(pairs), spec["loop"]["batch_size"], seed)
     inputs = step_inputs(loaded, pairs.items, lambda i: dist.shard(batches(i), world))
     parts = kd.prepare(spec, loaded, teacher, mcfg)  # kd methods: teachers, layer map
@@ -153,6 +158,7 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
             train_mode=not samples_on_policy(spec), world=world)
     finally:
         engine.close()  # a vLLM engine process ends with the job, whatever happened
+        teacher.close()
         if hasattr(judge, "close"):
             judge.close()
         inputs.close()

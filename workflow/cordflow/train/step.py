@@ -79,6 +79,9 @@ class Teacher:
       merged copy when LM weights themselves train;
     - ``live``: the current weights (no gradient through them);
     - ``ema``: an exponential moving average of the current weights (``ema_decay``).
+
+    It answers text prompts (:meth:`generate`) with transformers, or through a rollout
+    engine attached by :meth:`use_engine` (``train.teacher.engine: rollout``).
     """
 
     KINDS = ("init", "live", "ema")
@@ -89,6 +92,8 @@ class Teacher:
             raise ValueError(f"teacher kind '{kind}' is not one of {', '.join(self.KINDS)}{hint}")
         self.kind, self.loaded, self.decay = kind, loaded, ema_decay
         self.copy: torch.nn.Module | None = None
+        self.engine = None  # answers generate() when set (use_engine)
+        self._own_engine = False
         if kind == "ema" or (kind == "init" and models.lm_trainable(loaded.model)):
             self.copy = copy.deepcopy(loaded.model).eval()
             for p in self.copy.parameters():
@@ -120,9 +125,33 @@ class Teacher:
         LoRA on ``lm_head``, outside it the head would be the student's)."""
         return _InContext(models.lm_head(self.model), self._context)
 
+    def use_engine(self, name: str, policy_engine, settings: dict | None = None,
+                   seed: int = 0, log_path=None) -> None:
+        """Answer through the rollout engine ``name`` (``train.rollout_engine``): for vllm,
+        a second engine serving the teacher's weights (read in its context: adapters off),
+        synced after each EMA update; kind ``live`` answers from ``policy_engine`` itself.
+        For transformers nothing changes (generate is that engine's)."""
+        if name != "vllm":
+            return
+        if self.kind == "live":
+            self.engine = policy_engine
+            return
+        from cordflow.vllm_engine.engine import VLLMEngine
+
+        self.engine = VLLMEngine(self.loaded, settings, seed=seed, log_path=log_path,
+                                 model=self.model, weights_context=self._context)
+        self._own_engine = True
+
+    def close(self) -> None:
+        """Stop the teacher's own engine (not the policy's)."""
+        if self._own_engine and self.engine is not None:
+            self.engine.close()
+
     @torch.no_grad()
     def generate(self, prompt: dict, max_new: int, temperature: float, n: int = 1,
                  seeds: list[int] | None = None):
+        if self.engine is not None:
+            return self.engine.generate(prompt, max_new, temperature, n, seeds=seeds)
         with self._context():
             return models.generate(self.loaded, prompt, max_new, temperature, n,
                                    model=self.model, seeds=seeds)
@@ -136,6 +165,8 @@ class Teacher:
         for name, p in self.copy.named_parameters():
             if live[name].requires_grad:
                 p.mul_(self.decay).add_(live[name].detach(), alpha=1 - self.decay)
+        if self._own_engine:
+            self.engine.sync()  # the engine serves the new average
 
     def state(self) -> dict:
         if self.kind != "ema":

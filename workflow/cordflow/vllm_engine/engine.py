@@ -26,8 +26,11 @@ already a saved folder (evaluation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -97,11 +100,17 @@ class VLLMEngine:
     """A :class:`cordflow.train.rollout.RolloutEngine` served by a vLLM process."""
 
     def __init__(self, loaded: models.Loaded, settings: dict | None = None, seed: int = 0,
-                 model_dir: str | Path | None = None, log_path: str | Path | None = None):
+                 model_dir: str | Path | None = None, log_path: str | Path | None = None,
+                 model: torch.nn.Module | None = None,
+                 weights_context: Callable[[], AbstractContextManager] | None = None):
+        """``model``: the module whose weights it serves (default ``loaded.model``), read
+        inside ``weights_context()`` when given (a teacher: adapters disabled)."""
         unknown = set(settings or {}) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown vllm settings {sorted(unknown)}; known: {list(DEFAULTS)}")
         self.loaded = loaded
+        self.model = model if model is not None else loaded.model
+        self.weights_context = weights_context or contextlib.nullcontext
         self.cfg = {**DEFAULTS, **(settings or {})}
         self.seed, self.model_dir, self.log_path = int(seed), model_dir, log_path
         self.proc: EngineProcess | None = None
@@ -135,8 +144,9 @@ class VLLMEngine:
             if self.model_dir is not None:
                 folder = models.resolve_folder(self.model_dir)
             else:
-                folder = weights.save_folder(self.loaded.model, self.loaded.processor,
-                                             self.proc.folder / "model")
+                with self.weights_context():
+                    folder = weights.save_folder(self.model, self.loaded.processor,
+                                                 self.proc.folder / "model")
             t_save = time.perf_counter() - t0
             text_cfg = models.core(self.loaded.model).config.text_config
             launch(folder, self.cfg, self.seed, self._dtype(), self.loaded.device.type == "cpu",
@@ -235,7 +245,8 @@ class VLLMEngine:
         from cordflow.vllm_engine import weights
 
         t0 = time.perf_counter()
-        tensors = weights.merged_weights(self.loaded.model, self.pushed)
+        with self.weights_context():
+            tensors = weights.merged_weights(self.model, self.pushed)
         dtype = getattr(torch, self._dtype())
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
         path = self.proc.folder / "sync.safetensors"
