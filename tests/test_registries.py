@@ -220,8 +220,19 @@ def test_each_kind_requires_in_the_schema_what_its_adapter_declares():
 def test_only_audio_only_kinds_have_no_text_form():
     from cordflow.evaluate.kinds import KINDS
 
-    audio_only = {"mmau"}  # its questions come with a sound clip; no text counterpart
+    # their questions come with a sound clip and are about it: no text counterpart
+    audio_only = {"mmau", "audio_skill"}
     assert {name for name, kind in KINDS.items() if not kind.has_text} == audio_only
+
+
+def test_schema_skill_enums_are_the_skills_registry():
+    """The audio skills an audio_skill entry and base.skills may name are cordflow.skills'."""
+    from cordflow.skills import DEFAULT, SKILLS
+
+    entry = _bench_entry_schema()["properties"]["skills"]["items"]["enum"]
+    base = SCHEMA["properties"]["base"]["properties"]["skills"]["allOf"][0]["properties"]
+    assert entry == base["skills"]["items"]["enum"] == list(SKILLS)
+    assert base["skills"]["default"] == list(DEFAULT)
 
 
 def test_dataset_kinds_map_every_field_the_schema_lets_an_entry_override():

@@ -27,8 +27,8 @@ from dagrun import (  # noqa: F401
 
 from cordflow import audit
 
-SFT_AND_AFTER = {"train[method=sft]", "evaluate[model=sft,benchmark=builtin]", "summarize",
-                 "provenance_summary"}
+SFT_AND_AFTER = {"train[method=sft]", "evaluate[model=sft,benchmark=builtin]",
+                 "evaluate[model=sft,benchmark=audio_skill]", "summarize", "provenance_summary"}
 
 
 @pytest.mark.slow

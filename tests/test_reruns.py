@@ -39,8 +39,13 @@ def shards(n: int = N_SHARDS) -> set[str]:
     return {f"tts_shard[k={k}]" for k in range(n)}
 
 
-def evals(*models: str, benchmark: str = "builtin") -> set[str]:
-    return {f"evaluate[model={m},benchmark={benchmark}]" for m in models}
+BENCHMARKS = ("builtin", "audio_skill")  # config/test.yaml's
+
+
+def evals(*models: str, benchmark: str | None = None) -> set[str]:
+    """The evaluate jobs of ``models`` on ``benchmark`` (default: every benchmark)."""
+    return {f"evaluate[model={m},benchmark={b}]" for m in models
+            for b in ([benchmark] if benchmark else BENCHMARKS)}
 
 
 TRAIN = {"train[method=sft]", "train[method=cord]"}
@@ -64,6 +69,7 @@ KNOBS = [
     ("tts.piper.length_scale", {"tts": {"piper": {"length_scale": 1.1}}}, FROM_SHARDS),
     ("model.max_new_tokens", {"model": {"max_new_tokens": 5}}, FROM_BASE),
     ("base.audio.steps", {"base": {"audio": {"steps": 3}}}, FROM_BASE),
+    ("base.skills.items", {"base": {"skills": {"items": 5}}}, FROM_BASE),
     ("warmup.lr", {"warmup": {"lr": 3e-4}},
      {"warmup", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
     ("train.lr", {"train": {"lr": 3e-4}}, {*TRAIN, *evals("sft", "cord"), *LAST}),
@@ -80,8 +86,10 @@ KNOBS = [
                                   {"name": "seen", "kind": "qa_split", "split": "train"}]}},
      {*evals("base", "warmup", "sft", "cord", benchmark="seen"), *LAST}),
     ("evaluate.benchmarks (entry changed)",
-     {"evaluate": {"benchmarks": [{"name": "builtin", "kind": "qa_split", "split": "train"}]}},
-     {*ALL_EVALS, *LAST}),
+     {"evaluate": {"benchmarks": [{"name": "builtin", "kind": "qa_split", "split": "train"},
+                                  {"name": "audio_skill", "kind": "audio_skill",
+                                   "split": "test", "skills": ["rate"]}]}},
+     {*evals("base", "warmup", "sft", "cord", benchmark="builtin"), *LAST}),
     ("summarize.n_boot", {"summarize": {"n_boot": 500}}, LAST),
 ]
 
@@ -95,7 +103,7 @@ def test_the_test_config_is_what_these_expectations_assume():
     test = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     cfg = load_config(REPO / "config" / "config.yaml", overrides=test)
     assumed = {"methods": ["sft", "cord"], "n_shards": N_SHARDS, "init": "warmup",
-               "benchmarks": ["builtin"]}
+               "benchmarks": list(BENCHMARKS)}
     actual = {"methods": cfg["train"]["methods"], "n_shards": cfg["tts"]["n_shards"],
               "init": cfg["train"]["init"],
               "benchmarks": [b["name"] for b in cfg["evaluate"]["benchmarks"]]}
@@ -153,6 +161,7 @@ CODE_EDITS = [
     ("tts/post.py", FROM_SHARDS),
     ("tts/gather.py", {"tts_gather", *FROM_BASE}),
     ("evaluate/kinds.py", {*ALL_EVALS, *LAST}),
+    ("skills.py", FROM_BASE),  # the base's skill items and the audio_skill benchmark
     ("train/judges.py", {"warmup", *TRAIN, *evals("warmup", "sft", "cord"), *LAST}),
 ]
 

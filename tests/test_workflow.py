@@ -57,6 +57,14 @@ def test_workflow_runs_end_to_end(completed_run):
     for m in MODELS:
         table = pd.read_parquet(results / "eval" / m / "builtin.parquet")
         assert len(table) > 0 and set(table["id"]) <= set(qa["id"])
+    # the audio-only audio_skill benchmark (like MMAU): an audio accuracy for every model,
+    # no text accuracy nor gap, on the test clips' pitch and rate (two questions a clip)
+    skill = gap[gap["benchmark"] == "audio_skill"].set_index("model")
+    assert sorted(skill.index) == sorted(MODELS)
+    assert skill["text_acc"].isna().all() and skill["gap"].isna().all()
+    assert skill["audio_acc"].between(0, 100).all()
+    n_clips = int((manifest["split"].eq("test") & manifest["voicing"].eq("main")).sum())
+    assert ((skill["n"] > 0) & (skill["n"] <= 2 * n_clips)).all(), skill["n"]
     assert (results / "eval" / "gap_plot.png").stat().st_size > 0
     summary = pd.read_csv(results / "provenance" / "summary.csv")
     assert ALL_RULES - {"provenance_summary"} <= set(summary["rule"])

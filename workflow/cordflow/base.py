@@ -14,10 +14,27 @@ exists:
     ends below it);
 (b) audio alignment with the language model FROZEN (audio encoder + projector only) on the
     spoken train questions for ``base.audio.steps`` steps. Training all weights on audio
-    destroys text ability at this scale (measured), so the LM stays frozen.
+    destroys text ability at this scale (measured), so the LM stays frozen;
+(c) audio skills, when ``base.skills.items`` > 0 (:mod:`cordflow.skills`): questions whose
+    answer is in the sound, not the words ("Is the speaker talking fast or slow?"), asked
+    with train-split clips and answered from the rate (or pitch) the manifest records for
+    the clip's voice. LM and audio encoder/projector train for ``base.skills.steps`` steps on
+    ``batch_size`` skill items, ``text_batch_size`` text questions (gold answers) and
+    ``audio_batch_size`` spoken train questions whose targets are the model's OWN greedy
+    answers from before (c): the text and speech answers (a) and (b) gave are kept, neither
+    taught further nor lost (measured: without the spoken ones every spoken question got a
+    skill answer). Only this stage trains the skill: the ``audio_skill`` benchmark shows
+    whether later stages keep it. With ``items: 0`` (the schema's default) there is no (c)
+    and the base is the one built before skills existed (the same tokenizer corpus).
+
+Measured on the default while choosing (c): a frozen LM (skill items in (b)) never learned
+the new answer; pitch was learned only by a FRESH model (100 % in 200 steps), and a base
+that learned it first then failed its speech alignment (8-25 % held-out audio); after (b),
+rate is learned (95 % on held-out voices in 400 steps) and pitch is not.
 
 The output is a ``save_pretrained`` folder (safetensors) with ``metrics.json`` (text and audio
-accuracy on the held-out split at the end of each phase) and ``train_log.jsonl`` / ``tb/``.
+accuracy on the held-out split at the end of each phase, and the held-out skill accuracy)
+and ``train_log.jsonl`` / ``tb/``.
 """
 
 from __future__ import annotations
@@ -27,9 +44,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from cordflow import data, infer, models
+from cordflow import data, infer, models, skills
 from cordflow.config import section
 from cordflow.io import atomic_path, sha256_file, write_text_atomic
 from cordflow.train import dist
@@ -55,9 +73,13 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
     audio_test = data.spoken_pairs(qa_test, manifest).items
     bar_items = text_test.sample(n=min(cfg["text"]["eval_items"], len(text_test)),
                                  random_state=seed)
+    scfg = cfg["skills"]
+    skill_train = (skill_rows(scfg, manifest, "train", scfg["items"], seed) if scfg["items"]
+                   else None)  # None: no skill phase
 
     corpus = models.tiny_corpus(list(text_train["question"]), list(text_train["answer"]),
                                 mcfg["system_prompt"])
+    corpus += skills.corpus() if skill_train is not None else []
     model, processor = models.build(mcfg, corpus, seed)
     device = models.resolve_device(mcfg)
     model.to(device)
@@ -82,8 +104,24 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
                 (tmp / "metrics.json").write_text(json.dumps(metrics))
         dist.barrier(world)
 
-    # (b) audio alignment, LM frozen
-    audio_phase(loaded, cfg["audio"], audio_train, seed, work, steplog, world)
+    # (b) audio alignment, LM frozen (with (c) to follow, once: a rerun loads its result)
+    audio_done = work / "audio_done"
+    if skill_train is not None and audio_done.is_dir():
+        log.info("audio phase already done in %s: loading it", audio_done)
+        loaded = models.load(audio_done, mcfg)
+    else:
+        audio_phase(loaded, cfg["audio"], audio_train, seed, work, steplog, world)
+        if skill_train is not None:
+            if world.main:
+                with atomic_path(audio_done) as tmp:
+                    models.save(loaded.model, processor, tmp)
+            dist.barrier(world)
+
+    # (c) audio skills, LM and encoder, keeping the text and speech answers
+    if skill_train is not None:
+        skill_phase(loaded, scfg, skill_train, text_train, audio_train, seed, max_new, eval_bs,
+                    work, steplog, world)
+        metrics["skills_phase"] = {"steps": scfg["steps"], "items": len(skill_train)}
     steplog.close()
     if not world.main:  # every rank holds the same weights: rank 0 evaluates and writes
         dist.barrier(world)
@@ -96,6 +134,13 @@ def run(params: dict, qa_train: Path, qa_test: Path, manifest: Path, out_dir: Pa
                         "n_text": len(text_test), "n_audio": len(audio_test)}
     log.info("base: held-out text accuracy %.3f, audio accuracy %.3f (a gap of %.3f)",
              text_acc, audio_acc, text_acc - audio_acc)
+    if skill_train is not None:
+        heldout = skill_rows(scfg, manifest, "test", None, seed)
+        metrics["final"]["heldout_skill_acc"] = skill_acc = infer.accuracy(
+            loaded, heldout, "audio", eval_bs, max_new)
+        metrics["final"]["n_skill"] = len(heldout)
+        log.info("base: held-out audio-skill accuracy %.3f (%d items; chance 0.5)",
+                 skill_acc, len(heldout))
     with atomic_path(out_dir) as tmp:
         models.save(loaded.model, processor, tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
@@ -156,6 +201,62 @@ def audio_phase(loaded: models.Loaded, acfg: dict, audio_train, seed: int, work:
 
     fit(loaded.model, LoopConfig.from_cfg(acfg), audio_step, Checkpoints(work / "ckpt-audio"),
         steplog, "base: audio", world=world)
+
+
+def skill_phase(loaded: models.Loaded, scfg: dict, skill_train: pd.DataFrame, text_train,
+                audio_train, seed: int, max_new: int, eval_bs: int, work: Path,
+                steplog: StepLog, world: dist.World = dist.ONE) -> None:
+    """Phase (c): teach ``loaded`` the audio skills, language model AND audio
+    encoder/projector trainable, for ``scfg["steps"]`` steps (``scfg``: the ``base.skills``
+    section). Per step: ``batch_size`` of ``skill_train`` (the question asked with a train
+    clip -> its answer, e.g. "fast"), ``text_batch_size`` text questions -> gold answers, and
+    ``audio_batch_size`` spoken train questions -> the answers the model gave them before
+    this phase (greedy), the losses weighted by their rows; logged as phase ``skills`` with
+    each part's loss."""
+    models.set_trainable(loaded.model, ["lm", "audio"])
+    steplog.phase = "skills"
+    own = audio_train
+    if scfg["audio_batch_size"]:  # what (a) and (b) made of the spoken questions, kept
+        loaded.model.eval()
+        own = audio_train.assign(answer=infer.answers(loaded, audio_train, "audio", eval_bs,
+                                                      max_new))
+    parts = {  # name: (rows, rows per step, modality, target column)
+        "skill": (skill_train, scfg["batch_size"], "audio", "target"),
+        "text": (text_train, scfg["text_batch_size"], "text", "answer"),
+        "audio": (own, scfg["audio_batch_size"], "audio", "answer"),
+    }
+    batches = {name: data.Batches(len(rows), n, seed + 2 + i)
+               for i, (name, (rows, n, _, _)) in enumerate(parts.items()) if n}
+
+    def skill_step(step: int):
+        losses, sizes = {}, {}
+        for name, part in batches.items():
+            rows, _, modality, target = parts[name]
+            rows = rows.iloc[dist.shard(part(step), world)]
+            losses[name] = target_nll(loaded, infer.prompts(loaded, rows, modality),
+                                      list(rows[target]))
+            sizes[name] = len(rows)
+        loss = sum(losses[k] * sizes[k] for k in losses) / sum(sizes.values())
+        return loss, {f"loss_{k}": v.item() for k, v in losses.items()}
+
+    fit(loaded.model, LoopConfig.from_cfg(scfg), skill_step, Checkpoints(work / "ckpt-skills"),
+        steplog, "base: skills", world=world)
+
+
+def skill_rows(scfg: dict, manifest: Path, split: str, n: int | None, seed: int
+               ) -> pd.DataFrame:
+    """The audio-skill items (``scfg["skills"]``) of ``split``'s clips: ``n`` of them, a
+    seeded choice (:func:`cordflow.skills.training_items`), or all (``n`` None)."""
+    rows = skills.training_items(manifest, split, n, seed, list(scfg["skills"]))
+    if n is not None and len(rows) < n:
+        log.warning("base.skills.items is %d but %s has %d %s clip x skill item(s) (a clip "
+                    "needs an espeak voice with that setting): training on %d", n, manifest,
+                    len(rows), split, len(rows))
+    if split == "train" and not len(rows):
+        raise SystemExit(f"base.skills.items is {n} but {manifest} has no train clip to ask "
+                         f"{list(scfg['skills'])} about (espeak voices record pitch and rate); "
+                         "set base.skills.items: 0")
+    return rows
 
 
 def target_nll(loaded: models.Loaded, prompt: dict, answers: list[str]) -> torch.Tensor:

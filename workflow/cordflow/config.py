@@ -66,13 +66,13 @@ RULE_CODE: dict[str, list[str]] = {
     "tts_shard": _TTS_SYNTH,
     "tts_gather": ["tts/gather.py", "tts/schema.py"],
     "base": ["models.py", "audio.py", "base.py", "train/loop.py", "train/dist.py", "procs.py",
-             "data.py", "infer.py", "scoring.py", "train/losses.py", *_TABLES],
+             "data.py", "infer.py", "scoring.py", "train/losses.py", "skills.py", *_TABLES],
     "warmup": ["models.py", "audio.py", "warmup.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
                *_TABLES],
     "train": ["models.py", "audio.py", *_TRAIN, "data.py", "infer.py", "scoring.py", *_TABLES],
     "evaluate": ["models.py", "audio.py", "evaluate/run.py", "evaluate/items.py", *_VLLM,
                  "evaluate/kinds.py", "evaluate/staged.py", "infer.py", "scoring.py",
-                 "source/rows.py", "source/hf.py", *_TABLES],
+                 "source/rows.py", "source/hf.py", "skills.py", *_TABLES],
     "summarize": ["summarize.py"],
     "provenance_summary": ["audit.py", "provenance_summary.py"],
 }
@@ -336,6 +336,11 @@ def _split_problems(config: dict) -> list[str]:
     for key, value in named:
         if value not in splits:
             out.append(f"config key '{key}': '{value}' is not a source split; {allowed}")
+    out += [f"config key 'evaluate.benchmarks[{i}].split': an audio_skill benchmark on "
+            f"'train' asks about the clips the base stage trains its skills on (base.skills); "
+            f"allowed: another split (test: held-out voices)"
+            for i, b in enumerate(config["evaluate"]["benchmarks"])
+            if b["kind"] == "audio_skill" and b.get("split") == "train"]
     if "train" in config["tts"]["heldout_splits"]:
         out.append("config key 'tts.heldout_splits': lists 'train': the training split "
                    "cannot be spoken in the held-out voices; allowed: the other splits")

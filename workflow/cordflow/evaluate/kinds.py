@@ -47,6 +47,16 @@ The kinds:
     ``audio_id`` or ``audio`` (a sound, music or speech clip), ``question``, ``choices``
     and ``answer`` (the text of the right option), ``task`` (sound | music | speech). The
     question is asked WITH the clip; there is no text-only counterpart.
+``audio_skill``
+    Built in, audio only (like mmau): questions whose answer is in the sound of a clip,
+    not its words (:mod:`cordflow.skills`: "Is the speaker's voice high or low?", "Is the
+    speaker talking fast or slow?"), asked with each main-voicing clip of ``split`` (the
+    held-out ``test`` split: questions and voices never trained on), answered from the
+    pitch and rate the manifest records for its voice. ``skills`` (default ``[rate]``, what
+    the default base learns) picks the questions. Items are
+    ``"<question id>:<take>:<skill>"`` in id order, category the skill. The base stage
+    trains the same questions on train-split clips (``base.skills``); later stages never
+    do, so its row shows the audio skill kept.
 
 Importing this module is light (the Snakefile imports it to plan jobs;
 tests/test_dag_import.py checks it): pandas, pandera, soundfile, datasets and torch are
@@ -61,9 +71,13 @@ Adding a kind:
    the order of KINDS), and an if/then block requiring its ``requires`` keys and
    forbidding the other kinds' (plus the description of any new entry key);
 3. only if ``inputs`` names a file no kind read before: that ``--<name>`` option of
-   ``cordflow evaluate`` (cli.py).
+   ``cordflow evaluate`` (cli.py); only if ``items`` imports a module no kind imported
+   before: that file in ``RULE_CODE["evaluate"]`` (cordflow/config.py);
+4. an audio-only kind (``has_text`` False): its name in the audio-only set of
+   tests/test_registries.py.
 
-tests/test_registries.py ("benchmark kinds") fails until 2 and 3 agree with the adapter.
+tests/test_registries.py ("benchmark kinds") fails until 2 to 4 agree with the adapter
+(tests/test_reruns.py checks RULE_CODE).
 """
 
 from __future__ import annotations
@@ -206,12 +220,54 @@ class Mmau(DatasetKind):
     )
 
 
-KINDS: dict[str, BenchmarkKind] = {k.name: k for k in (QaSplit(), VoiceBench(), Mmau())}
+class AudioSkill(BenchmarkKind):
+    """Built-in audio skills (pitch, rate) asked about the clips of a split."""
+
+    name = "audio_skill"
+    requires = ("split",)
+    has_text = False
+
+    def inputs(self, entry: dict) -> dict[str, str]:
+        return {"manifest": MANIFEST}
+
+    def items(self, entry: dict, inputs: dict[str, Any], where: str
+              ) -> tuple[list[dict], list[dict]]:
+        """One item per (main-voicing clip of the split, skill), in id order; a clip that
+        cannot be asked about (rejected, no such setting) or read is excluded."""
+        from cordflow import skills
+        from cordflow.evaluate.items import AudioClip, BenchmarkError, probe
+        from cordflow.tts.schema import read_manifest
+
+        manifest, split = inputs["manifest"], entry["split"]
+        clips = read_manifest(manifest)
+        if not ((clips["split"] == split) & (clips["voicing"] == skills.MAIN_VOICING)).any():
+            raise BenchmarkError(f"{where}: {manifest} has no clip of split '{split}' (the "
+                                 "split's questions must be spoken by tts.backend)")
+        labelled, excluded = skills.label(clips, entry.get("skills") or list(skills.DEFAULT))
+        labelled = labelled[labelled["split"] == split]
+        excluded = excluded[excluded["split"] == split]
+        rows, out = [], [{"id": r.id, "reason": r.reason} for r in excluded.itertuples()]
+        for r in labelled.itertuples():
+            try:
+                duration = probe(r.path)
+            except Exception as e:
+                out.append({"id": r.id, "reason": f"bad_audio: {e}"})
+                continue
+            rows.append({"id": r.id, "question": None, "audio_text": r.question,
+                         "answer": r.answer, "answer_type": "choice",
+                         "choices": list(r.choices),
+                         "audio": AudioClip(_constant(r.path), None, f"{where} {r.id}"),
+                         "duration": duration, "category": r.skill})
+        return rows, out
+
+
+KINDS: dict[str, BenchmarkKind] = {k.name: k for k in (QaSplit(), VoiceBench(), Mmau(),
+                                                       AudioSkill())}
 
 
 def requires_hint() -> str:
-    """Which keys each kind takes, e.g. "qa_split takes split, not path; voicebench and
-    mmau take path, not split" (for a message about an invalid entry)."""
+    """Which keys each kind takes, e.g. "qa_split and audio_skill take split, not path;
+    voicebench and mmau take path, not split" (for a message about an invalid entry)."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for kind in KINDS.values():
         groups.setdefault(kind.requires, []).append(kind.name)
