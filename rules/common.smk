@@ -80,14 +80,16 @@ def eval_params(wildcards):
 
 
 def train_kd_inputs(wildcards):
-    """A kd method's acoustic items (train.kd.acoustic_split): that split's QA table, an
-    input only of the methods whose spec has the acoustic term (cordflow.train.kd)."""
+    """A kd method's acoustic split (train.kd.acoustic_split): that split's QA table, an
+    input only of the methods whose spec has the acoustic term on a split
+    (cordflow.train.kd). Skill items (train.kd.acoustic_skills) come from the manifest,
+    already an input."""
     acoustic = method_params(config, wildcards.method)["method"].get("kd_acoustic")
-    if acoustic is None:
+    if acoustic is None or "split" not in acoustic:
         return {}
-    if acoustic["split"] not in SPLITS:
+    if acoustic["split"] not in SPLITS:  # cordflow.config.check_config says it first
         raise ValueError(
-            f"train.kd.acoustic_split '{acoustic['split']}' is not one of "
+            f"config key 'train.kd.acoustic_split': '{acoustic['split']}' is not one of "
             f"source.splits {SPLITS}"
         )
     return {"qa_acoustic": qa_table(acoustic["split"])}

@@ -13,7 +13,8 @@ rule train:
     params:
         cfg=train_params,
         code=code_version("train"),
-        # kd methods with an acoustic split (train_kd_inputs): `--qa-acoustic PATH`
+        # kd methods with an acoustic split (train_kd_inputs): `--qa-acoustic PATH`;
+        # their skill items (train.kd.acoustic_skills) come from the manifest
         kd=lambda wildcards, input: (
             repeat_opt("--qa-acoustic", [input.qa_acoustic])
             if "qa_acoustic" in input.keys()

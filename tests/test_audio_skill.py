@@ -213,9 +213,40 @@ def test_only_the_base_stage_trains_the_skill_items_at_the_configured_amount(
     # ... what they train on is the spoken QA (data.spoken_pairs), no skill question ...
     questions = set(data.spoken_pairs(qa_train, manifest).items["question"])
     assert not questions & {s.question for s in skills.SKILLS.values()}
-    # ... and their params and code hold none of it (tests/test_reruns.py checks that
-    # RULE_CODE is exactly the code each stage reaches)
+    # ... and their params hold none of it: only a kd method whose acoustic teacher reads
+    # the skill items (train.kd.acoustic_skills) has base.skills' list and count in its
+    # spec, and its code, cordflow.skills, is in the train rule's code for that reason
+    # (tests/test_reruns.py checks that RULE_CODE is exactly the code each stage reaches)
+    assert "skills" not in json.dumps(params)
     for rule in ("warmup", "train"):
         assert not any(k == "base" or k.startswith("base.") for k in RULE_KEYS[rule]), rule
-        assert "skills.py" not in RULE_CODE[rule], rule
-    assert "skills.py" in RULE_CODE["base"] and "skills.py" in RULE_CODE["evaluate"]
+    assert all("skills.py" in RULE_CODE[r] for r in ("base", "evaluate", "train"))
+
+
+def test_the_acoustic_teachers_skill_items_are_the_bases_of_train_clips(tmp_path):
+    """train.kd.acoustic_skills: a kd method's acoustic items are the items the base learned
+    (base.skills' skills and count, the same seeded choice), of train clips only, each the
+    skill question asked with its clip."""
+    from cordflow import base
+    from cordflow.config import load_config, section
+    from cordflow.train.methods import method_params
+    from cordflow.train.run import acoustic_items, acoustic_table
+
+    manifest = write_manifest(tmp_path)  # train, test and dev clips
+    cfg = load_config(REPO / "config" / "config.yaml",
+                      {"seed": 5, "base": {"skills": {"items": 3, "skills": ["pitch", "rate"]}},
+                       "train": {"kd": {"acoustic_skills": True}}})
+    params = method_params(cfg, "kd_source")
+    spec = params["method"]
+    assert acoustic_table(spec, tmp_path / "train.parquet") is None  # no QA split read
+    items = acoustic_items(spec, None, manifest, params["seed"])
+    scfg = section({"base": cfg["base"]}, "base")["skills"]
+    learned = base.skill_rows(scfg, manifest, "train", scfg["items"], cfg["seed"])
+    assert items["id"].tolist() == learned["id"].tolist() and len(items) == 3
+    assert set(items["split"]) == {"train"} and set(items["clip_id"]) == {"a1"}
+    assert (items["audio_text"] == items["question"]).all()
+    assert set(items["question"]) <= {s.question for s in skills.SKILLS.values()}
+    assert all(Path(p).is_file() for p in items["audio_path"])
+    with pytest.raises(SystemExit, match="acoustic_skills: .* has no train clip"):
+        acoustic_items(spec, None, write_manifest(tmp_path, [c for c in CLIPS
+                                                             if c[2] != "train"]), 5)

@@ -75,6 +75,22 @@ def test_split_names_elsewhere_are_checked(default):
     assert "earlier benchmark" in one(problems(default, {"evaluate": {"benchmarks": [dup, dup]}}))
 
 
+def test_the_acoustic_items_are_checked(default):
+    """train.kd.acoustic_split names a source split; train.kd.acoustic_skills needs the
+    base's skill items (base.skills.items > 0); both together are fine."""
+    kd = {"methods": ["kd_source"], "kd": {"acoustic_split": "tset"}}
+    assert one(problems(default, {"train": kd})) == (
+        "config key 'train.kd.acoustic_split': 'tset' is not a source split; allowed: the "
+        "splits of source.splits (train, dev, test)")
+    skills = {"train": {"methods": ["kd_source"], "kd": {"acoustic_skills": True}}}
+    assert problems(default, skills) == []
+    assert problems(default, skills, {"train": {"kd": {"acoustic_split": "dev"}}}) == []
+    assert one(problems(default, skills, {"base": {"skills": {"items": 0}}})) == (
+        "config key 'train.kd.acoustic_skills': is true but base.skills.items is 0 (no "
+        "audio-skill items: the base learns none); allowed: base.skills.items > 0, or "
+        "acoustic_skills false")
+
+
 def test_the_reference_model_must_be_a_model_of_the_run(default):
     assert one(problems(default, {"summarize": {"reference": "cord_a2_b3"}})) == (
         "config key 'summarize.reference': 'cord_a2_b3' is not a model of this run; allowed: "

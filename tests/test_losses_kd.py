@@ -269,11 +269,14 @@ def grads(loaded, loss, extra=()):
     ("kd_layer", ["offpolicy", "kd_layer"]),
     ("kd_source_layer", ["offpolicy", "kd_text", "kd_layer"]),
 ])
-def test_kd_methods_run_their_terms_the_acoustic_one_only_with_a_split(repo, method, want):
+def test_kd_methods_run_their_terms_the_acoustic_one_only_with_acoustic_items(repo, method, want):
     assert terms_of(spec_of(repo, method)) == want
     with_split = spec_of(repo, method, acoustic_split="test")
     assert terms_of(with_split) == want + (["kd_acoustic"] if "source" in method else [])
     assert terms_of(spec_of(repo, method, acoustic_split="test", lambda_ac=0.0)) == want
+    with_skills = spec_of(repo, method, acoustic_skills=True)  # the base's skill items
+    assert terms_of(with_skills) == want + (["kd_acoustic"] if "source" in method else [])
+    assert terms_of(spec_of(repo, method, acoustic_skills=True, lambda_ac=0.0)) == want
 
 
 def test_an_empty_layer_map_is_exactly_sft(repo, loaded):
@@ -294,8 +297,9 @@ def test_an_empty_layer_map_is_exactly_sft(repo, loaded):
 
 @pytest.mark.parametrize("method", ["kd_source", "kd_source_layer"])
 @pytest.mark.parametrize("kd_cfg", [{"acoustic_split": "test", "lambda_ac": 0.0},
+                                    {"acoustic_skills": True, "lambda_ac": 0.0},
                                     {"acoustic_split": None, "lambda_ac": 1.0}])
-def test_without_lambda_ac_or_split_the_acoustic_teacher_never_runs(repo, loaded, method,
+def test_without_lambda_ac_or_items_the_acoustic_teacher_never_runs(repo, loaded, method,
                                                                      kd_cfg):
     spec = spec_of(repo, method, **kd_cfg)
     assert "kd_acoustic" not in spec

@@ -60,6 +60,8 @@ def test_sweep_names_set_alpha_and_beta(config):
      {"sft", "forward_kl", "cord", "kd_source"}),
     ({"kd": {"acoustic_split": "dev"}}, {"kd_source", "kd_source_layer"},
      {"sft", "forward_kl", "cord", "kd_layer"}),
+    ({"kd": {"acoustic_skills": True}}, {"kd_source", "kd_source_layer"},
+     {"sft", "forward_kl", "cord", "kd_layer"}),
     ({"kd": {"text_teacher": "/models/text-lm"}}, {"kd_source", "kd_layer", "kd_source_layer"},
      {"sft", "forward_kl", "opd", "grpo", "cord"}),
     ({"offpolicy": {"temperature": 0.5}}, {"kd_source", "kd_layer", "kd_source_layer"},
@@ -70,3 +72,42 @@ def test_a_knob_changes_only_the_specs_that_read_it(config, knob, changed, uncha
         assert spec(config, name) != spec(config, name, **knob), name
     for name in unchanged:
         assert spec(config, name) == spec(config, name, **knob), name
+
+
+def test_acoustic_skills_take_the_base_skills_list_and_count(config):
+    """train.kd.acoustic_skills: the acoustic items are base.skills' items (its skills and
+    count, the spec's only base keys), alone or beside an acoustic split."""
+    scfg = config["base"]["skills"]
+    skills = spec(config, "kd_source", kd={"acoustic_skills": True})["kd_acoustic"]
+    assert skills == {"skills": list(scfg["skills"]), "items": scfg["items"],
+                      "batch_size": config["train"]["batch_size"], "kl": "forward",
+                      "temperature": 1.0}
+    both = spec(config, "kd_source_layer", kd={"acoustic_skills": True,
+                                                "acoustic_split": "dev"})["kd_acoustic"]
+    assert (both["split"], both["skills"], both["items"]) == ("dev", scfg["skills"],
+                                                             scfg["items"])
+    split = spec(config, "kd_source", kd={"acoustic_split": "dev"})["kd_acoustic"]
+    assert "skills" not in split and "items" not in split  # as before: a split alone
+    no_ac = spec(config, "kd_source", kd={"acoustic_skills": True, "lambda_ac": 0.0})
+    assert "kd_acoustic" not in no_ac and "kd_acoustic" not in no_ac["weights"]
+    with pytest.raises(ValueError, match="acoustic_skills takes its items from base.skills"):
+        resolve("kd_source", {**config["train"], "kd": {**config["train"]["kd"],
+                                                         "acoustic_skills": True}})
+
+
+@pytest.mark.parametrize("skills, changed", [
+    ({"items": 7}, True), ({"skills": ["pitch", "rate"]}, True), ({"steps": 9}, False),
+    ({"batch_size": 3}, False),
+])
+def test_base_skills_rerun_only_the_kd_methods_on_skill_items(skills, changed):
+    """A base.skills knob changes the params of the kd methods whose acoustic items are the
+    skill items when it is their list or count, and no other method's."""
+    def specs(**base_skills):
+        cfg = load_config(config_path(), {"train": {"kd": {"acoustic_skills": True}},
+                                          "base": {"skills": base_skills}})
+        return {name: method_params(cfg, name) for name in BASE_METHODS}
+
+    before, after = specs(), specs(**skills)
+    for name in BASE_METHODS:
+        reads = name in ("kd_source", "kd_source_layer")
+        assert (before[name] != after[name]) == (changed and reads), name

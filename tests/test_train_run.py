@@ -30,8 +30,9 @@ def init_dir(spoken, tmp_path_factory):
     return out
 
 
-def params_for(repo, method, **train):
+def params_for(repo, method, base=None, **train):
     over = {"model": {"tiny": {"chunk_length": 4, "vocab_size": 320}, "max_new_tokens": 4},
+            "base": base or {},
             "train": {"steps": STEPS, "batch_size": 2, "ckpt_every": 2,
                       "sequence": {"n": 2}, "token": {"k": 2}, **train}}
     return method_params(load_config(repo / "config" / "config.yaml", over), method)
@@ -124,6 +125,98 @@ def test_kd_with_acoustic_items_and_a_separate_text_teacher(repo, spoken, init_d
     rows = [json.loads(x) for x in (tmp_path / "no_ac" / "train_log.jsonl").read_text()
             .splitlines()]
     assert all("loss_kd_acoustic" not in r for r in rows)
+
+
+def test_kd_acoustic_teacher_on_the_bases_skill_items(repo, spoken, init_dir, tmp_path,
+                                                      monkeypatch):
+    """train.kd.acoustic_skills: kd_source's acoustic teacher answers the audio-skill items
+    the base learned (base.skills: the skill question asked WITH a train clip, never a test
+    one) and the student is kept close to its answers there; with lambda_ac = 0 it is never
+    built and no skill item is read."""
+    import hashlib
+
+    from cordflow import skills
+    from cordflow.train import kd
+    from cordflow.tts.schema import read_manifest
+
+    seen = []  # (prompt texts, prompt clips) of every acoustic-teacher generate call
+
+    class Recorded(kd.AcousticTeacher):
+        def generate(self, prompt, *args, **kwargs):
+            seen.append((self.loaded.tokenizer.batch_decode(prompt["input_ids"],
+                                                            skip_special_tokens=True),
+                         list(prompt.clips)))
+            return super().generate(prompt, *args, **kwargs)
+
+    monkeypatch.setattr(kd, "AcousticTeacher", Recorded)
+    base = {"skills": {"items": 6, "skills": ["rate"]}}
+    params = params_for(repo, "kd_source", base=base, kd={"acoustic_skills": True})
+    assert {"skills": ["rate"], "items": 6}.items() <= params["method"]["kd_acoustic"].items()
+    train(params, init_dir, spoken, tmp_path / "kd")
+    rows = [json.loads(x) for x in (tmp_path / "kd" / "train_log.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == STEPS and all(
+        {"loss_kd_acoustic", "kd_acoustic_kl_mean"} <= set(r) for r in rows)
+    assert all(r["loss_kd_acoustic"] == r["loss_kd_acoustic"] for r in rows)  # no NaN
+
+    manifest = read_manifest(spoken / "results/audio/manifest.parquet")
+
+    def digest(clip):
+        return hashlib.sha256(clip.astype("float32").tobytes()).hexdigest()
+
+    split_of = {digest(models.read_audio(spoken / p)): s
+                for p, s in zip(manifest["path"], manifest["split"], strict=True)}
+    assert len(seen) == STEPS and all(len(clips) == 2 for _, clips in seen)
+    question = skills.SKILLS["rate"].question
+    for texts, clips in seen:
+        assert all(question in t for t in texts), texts  # the skill question, with the clip
+        assert {split_of[digest(c)] for c in clips} == {"train"}
+
+    built = []
+
+    class Counted(kd.AcousticTeacher):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    def forbidden(*a, **k):
+        raise AssertionError("the skill items were read with lambda_ac = 0")
+
+    monkeypatch.setattr(kd, "AcousticTeacher", Counted)
+    monkeypatch.setattr(skills, "training_items", forbidden)
+    no_ac = params_for(repo, "kd_source", base=base, kd={"acoustic_skills": True,
+                                                          "lambda_ac": 0.0})
+    train(no_ac, init_dir, spoken, tmp_path / "no_ac")
+    assert built == []
+    rows = [json.loads(x) for x in (tmp_path / "no_ac" / "train_log.jsonl").read_text()
+            .splitlines()]
+    assert rows and all("loss_kd_acoustic" not in r for r in rows)
+
+
+def test_acoustic_items_of_a_split_and_the_skills_together(repo, spoken, init_dir,
+                                                          monkeypatch):
+    """Both train.kd.acoustic_split and acoustic_skills: the split's spoken questions (the
+    clip alone) then the skill items (the clip + the skill question), one frame whose
+    batches are audio prompts."""
+    from cordflow import data
+    from cordflow.train.run import acoustic_items
+    from cordflow.train.step import step_inputs
+
+    monkeypatch.chdir(spoken)
+    params = params_for(repo, "kd_source", base={"skills": {"items": 4}},
+                        kd={"acoustic_split": "test", "acoustic_skills": True})
+    qa, manifest = spoken / "results/qa/test.parquet", spoken / "results/audio/manifest.parquet"
+    items = acoustic_items(params["method"], qa, manifest, params["seed"])
+    spoken_test = data.spoken_pairs(qa, manifest).items
+    n = len(spoken_test)
+    assert len(items) == n + 4
+    assert items["id"].iloc[:n].tolist() == spoken_test["id"].tolist()
+    assert items["audio_text"].iloc[:n].isna().all()
+    assert set(items["split"].iloc[n:]) == {"train"}
+    assert (items["audio_text"].iloc[n:] == items["question"].iloc[n:]).all()
+    loaded = models.load(init_dir, params["model"])
+    batch = step_inputs(loaded, items, lambda i: [0, n], prefetch=False)(0)
+    assert batch.audio["input_ids"].shape[0] == 2 and len(batch.audio.clips) == 2
 
 
 class Killed(Exception):

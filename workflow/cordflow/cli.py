@@ -191,7 +191,8 @@ def train(
     config: ConfigOpt = None,
     qa_acoustic: Annotated[Path | None, typer.Option(
         help="kd methods with train.kd.acoustic_split: that split's QA table (default: "
-             "<split>.parquet beside --qa-train).")] = None,
+             "<split>.parquet beside --qa-train; train.kd.acoustic_skills items come from "
+             "--manifest).")] = None,
     ranks: RanksOpt = 1,
 ):
     """Train one method of train.methods (cordflow.train.methods.METHODS).

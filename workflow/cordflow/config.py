@@ -67,9 +67,11 @@ RULE_CODE: dict[str, list[str]] = {
     "tts_gather": ["tts/gather.py", "tts/schema.py"],
     "base": ["models.py", "audio.py", "base.py", "train/loop.py", "train/dist.py", "procs.py",
              "data.py", "infer.py", "scoring.py", "train/losses.py", "skills.py", *_TABLES],
+    # skills.py: a kd method's acoustic items (train.kd.acoustic_skills; train/run.py)
     "warmup": ["models.py", "audio.py", "warmup.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
-               *_TABLES],
-    "train": ["models.py", "audio.py", *_TRAIN, "data.py", "infer.py", "scoring.py", *_TABLES],
+               "skills.py", *_TABLES],
+    "train": ["models.py", "audio.py", *_TRAIN, "data.py", "infer.py", "scoring.py",
+              "skills.py", *_TABLES],
     "evaluate": ["models.py", "audio.py", "evaluate/run.py", "evaluate/items.py", *_VLLM,
                  "evaluate/kinds.py", "evaluate/staged.py", "infer.py", "scoring.py",
                  "source/rows.py", "source/hf.py", "skills.py", *_TABLES],
@@ -333,6 +335,8 @@ def _split_problems(config: dict) -> list[str]:
               for k, v in (h.get("splits") or {}).items()]
     named += [(f"evaluate.benchmarks[{i}].split", b["split"])
               for i, b in enumerate(config["evaluate"]["benchmarks"]) if "split" in b]
+    acoustic = config["train"].get("kd", {}).get("acoustic_split")
+    named += [("train.kd.acoustic_split", acoustic)] if acoustic else []
     for key, value in named:
         if value not in splits:
             out.append(f"config key '{key}': '{value}' is not a source split; {allowed}")
@@ -383,6 +387,17 @@ def _model_problems(config: dict) -> list[str]:
     if any("judge" in spec for spec in specs.values()):
         out += _judge_problems(config["train"]["judge"])
     return out
+
+
+def _kd_problems(config: dict) -> list[str]:
+    """train.kd.acoustic_skills takes the base's skill items (base.skills): there must be
+    some."""
+    kd, scfg = config["train"].get("kd", {}), config["base"]["skills"]
+    if kd.get("acoustic_skills") and not scfg["items"]:
+        return ["config key 'train.kd.acoustic_skills': is true but base.skills.items is 0 "
+                "(no audio-skill items: the base learns none); allowed: base.skills.items > 0, "
+                "or acoustic_skills false"]
+    return []
 
 
 def _judge_problems(judge: dict) -> list[str]:
@@ -574,8 +589,9 @@ def check_config(config: dict) -> list[str]:
     exist or cannot work; one ``config key 'a.b': ...`` line each (empty: fine)."""
     # Each check called by name, not through a module-level tuple: tests/test_reruns.py
     # reads a module-level registry as code that every stage importing this module runs.
-    return [*_split_problems(config), *_model_problems(config), *_file_problems(config),
-            *_voice_problems(config), *_voicing_problems(config), *_pairs_problems(config)]
+    return [*_split_problems(config), *_model_problems(config), *_kd_problems(config),
+            *_file_problems(config), *_voice_problems(config), *_voicing_problems(config),
+            *_pairs_problems(config)]
 
 
 def validate_and_check(config: dict, schema_path: Path = SCHEMA) -> dict:

@@ -13,11 +13,14 @@ answers as its targets, plus the distillation terms of :mod:`cordflow.train.step
   between the student under the audio prompt and the text teacher under the text prompt on
   those answer tokens (``losses.distill_loss``); ``kd_layer`` matches its hidden states.
 - **acoustic teacher** (:class:`AcousticTeacher`): the student BEFORE distillation (the
-  starting weights, frozen), under the AUDIO prompt, on the items of the QA split marked
-  acoustic (``train.kd.acoustic_split``): ``kd_acoustic`` is the per-token KL between student
-  and acoustic teacher, both under the audio prompt, on the acoustic teacher's greedy
-  answers. Built (and run) only when the spec has that term, i.e. lambda_ac > 0 and an
-  acoustic split is set.
+  starting weights, frozen), under the AUDIO prompt, on the acoustic items: the spoken
+  questions of the QA split marked acoustic (``train.kd.acoustic_split``) and/or the
+  audio-skill items the base learned (``train.kd.acoustic_skills``: base.skills' questions,
+  e.g. "Is the speaker talking fast or slow?", asked with train clips;
+  :func:`cordflow.train.run.acoustic_items`): ``kd_acoustic`` is the per-token KL between
+  student and acoustic teacher, both under the audio prompt, on the acoustic teacher's
+  greedy answers. Built (and run) only when the spec has that term, i.e. lambda_ac > 0 and
+  there are acoustic items.
 - **layer map** (:class:`LayerMap`): (teacher layer, student layer) pairs
   (``train.kd.layers``: ``top``, ``every_k`` with ``k``, or a hand list); layer 0 is the
   embeddings, layer L the final normed state. When the text teacher is the model itself

@@ -89,8 +89,11 @@ def parse(name: str) -> tuple[Method, tuple[float, float] | None]:
                      f"{', '.join(sweeps)}")
 
 
-def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
-    """The spec of method ``name`` under the (defaults-filled) ``train`` section."""
+def resolve(name: str, train: dict, max_new_tokens: int | None = None,
+            skills: dict | None = None) -> dict:
+    """The spec of method ``name`` under the (defaults-filled) ``train`` section;
+    ``skills``: the ``base.skills`` section (a kd method with ``train.kd.acoustic_skills``
+    takes its acoustic items from it)."""
     method, sweep = parse(name)
     kind, offpolicy, token, sequence = method.name, method.offpolicy, method.token, method.sequence
     spec: dict = {
@@ -135,15 +138,20 @@ def resolve(name: str, train: dict, max_new_tokens: int | None = None) -> dict:
         spec["weights"] = {"token": train["weights"]["token"] if token else 0.0,
                            "sequence": train["weights"]["sequence"] if sequence else 0.0}
     if method.kd:
-        spec.update(_kd_sections(method, kd, train["batch_size"]))
+        spec.update(_kd_sections(method, kd, train["batch_size"], skills))
     return spec
 
 
-def _kd_sections(method: Method, kd: dict, batch_size: int) -> dict:
+def _kd_sections(method: Method, kd: dict, batch_size: int, skills: dict | None) -> dict:
     """A kd method's sections: its text teacher (None: the model itself), each kd term it
     uses with the settings that term reads, and their weights (the lambdas). A term
-    weighted 0, and the acoustic term without an acoustic split, is left out: it never
-    runs (the acoustic teacher is not even built)."""
+    weighted 0, and the acoustic term without acoustic items, is left out: it never runs
+    (the acoustic teacher is not even built).
+
+    The acoustic items: the spoken questions of the QA split ``kd.acoustic_split``
+    (``split``), and with ``kd.acoustic_skills`` the audio-skill items the base learned
+    (``skills`` and ``items``: base.skills' list and count, chosen from the train split's
+    clips as the base chose them), or both."""
     out: dict = {"text_teacher": kd["text_teacher"], "weights": {}}
     divergence = {"kl": kd["kl"], "temperature": kd["temperature"]}
     if "text" in method.kd and kd["lambda_text"] > 0:
@@ -155,8 +163,14 @@ def _kd_sections(method: Method, kd: dict, batch_size: int) -> dict:
             layer["k"] = kd["k"]
         out["kd_layer"] = layer
         out["weights"]["kd_layer"] = kd["lambda_layer"]
-    if "acoustic" in method.kd and kd["lambda_ac"] > 0 and kd["acoustic_split"]:
-        out["kd_acoustic"] = {"split": kd["acoustic_split"],
+    items: dict = {"split": kd["acoustic_split"]} if kd["acoustic_split"] else {}
+    if kd.get("acoustic_skills"):
+        if skills is None:
+            raise ValueError("train.kd.acoustic_skills takes its items from base.skills, "
+                             "which was not given (method_params passes it)")
+        items.update(skills=list(skills["skills"]), items=skills["items"])
+    if "acoustic" in method.kd and kd["lambda_ac"] > 0 and items:
+        out["kd_acoustic"] = {**items,
                               "batch_size": kd["acoustic_batch_size"] or batch_size,
                               **divergence}
         out["weights"]["kd_acoustic"] = kd["lambda_ac"]
@@ -178,9 +192,12 @@ def warmup_spec(warmup: dict) -> dict:
 
 
 def method_params(config: dict, name: str) -> dict:
-    """The ``train`` rule's params for method ``name``: seed, model and the method's spec."""
+    """The ``train`` rule's params for method ``name``: seed, model and the method's spec
+    (which holds base.skills' skills and items only for a kd method whose acoustic items
+    are the skill items, ``train.kd.acoustic_skills``)."""
     return {
         "seed": config["seed"],
         "model": copy.deepcopy(config["model"]),
-        "method": resolve(name, config["train"], config["model"]["max_new_tokens"]),
+        "method": resolve(name, config["train"], config["model"]["max_new_tokens"],
+                          config.get("base", {}).get("skills")),
     }

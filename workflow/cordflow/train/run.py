@@ -48,9 +48,10 @@ def run(params: dict, init_dir: Path, qa_train: Path, manifest: Path, out_dir: P
 def acoustic_table(spec: dict, qa_train: Path, qa_acoustic: Path | None = None) -> Path | None:
     """The QA table of the acoustic split a kd method reads (``train.kd.acoustic_split``):
     ``qa_acoustic``, or by default that split's table beside the train split's
-    (results/qa/<split>.parquet). None for a method without the acoustic term."""
+    (results/qa/<split>.parquet). None for a method without the acoustic term or whose
+    acoustic items are the skill items alone (``train.kd.acoustic_skills``)."""
     acoustic = spec.get("kd_acoustic")
-    if acoustic is None:
+    if acoustic is None or "split" not in acoustic:
         return None
     split = acoustic["split"]
     path = Path(qa_acoustic) if qa_acoustic else Path(qa_train).parent / f"{split}.parquet"
@@ -58,6 +59,33 @@ def acoustic_table(spec: dict, qa_train: Path, qa_acoustic: Path | None = None) 
         raise SystemExit(f"train.kd.acoustic_split '{split}': no QA table {path} "
                          "(the split must be one of source.splits; or give --qa-acoustic)")
     return path
+
+
+def acoustic_items(spec: dict, qa_acoustic: Path | None, manifest: Path, seed: int):
+    """The acoustic teacher's items (a frame for :func:`cordflow.train.step.step_inputs`):
+    the spoken questions of the acoustic split (``qa_acoustic``, its clips in
+    ``manifest``) and, when the spec has ``skills`` (``train.kd.acoustic_skills``), the
+    audio-skill items the base learned: ``items`` (train clip x skill) rows of the TRAIN
+    split's clips asking ``skills``, the base's seeded choice with the run's seed
+    (:func:`cordflow.skills.training_items`; :func:`cordflow.base.skill_rows`), each the
+    skill question asked WITH its clip (``audio_text``). None without the acoustic term."""
+    import pandas as pd
+
+    acoustic = spec.get("kd_acoustic")
+    if acoustic is None:
+        return None
+    frames = [data.spoken_pairs(qa_acoustic, manifest).items] if "split" in acoustic else []
+    if "skills" in acoustic:
+        from cordflow import skills
+
+        rows = skills.training_items(manifest, "train", acoustic["items"], seed,
+                                     list(acoustic["skills"]))
+        if not len(rows):
+            raise SystemExit(f"train.kd.acoustic_skills: {manifest} has no train clip to ask "
+                             f"{list(acoustic['skills'])} about (base.skills.items is "
+                             f"{acoustic['items']}; espeak voices record pitch and rate)")
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path,
@@ -107,10 +135,12 @@ def run_spec(params: dict, spec: dict, rule: str, init_dir: Path, qa_train: Path
     parts = kd.prepare(spec, loaded, teacher, mcfg)  # kd methods: teachers, layer map
     acoustic = None
     if parts.acoustic_teacher is not None:
-        items = data.spoken_pairs(qa_acoustic, manifest).items
+        items = acoustic_items(spec, qa_acoustic, manifest, seed)
         ac_batches = data.Batches(len(items), spec["kd_acoustic"]["batch_size"], seed + 1)
         acoustic = step_inputs(loaded, items, lambda i: dist.shard(ac_batches(i), world))
-        log.info("%s: acoustic items from %s: %d clips", rule, qa_acoustic, len(items))
+        n_skill = int(items["audio_text"].notna().sum()) if "audio_text" in items else 0
+        log.info("%s: acoustic items: %d spoken questions of %s, %d audio-skill items of "
+                 "train clips", rule, len(items) - n_skill, qa_acoustic, n_skill)
     ctx = StepContext(loaded, teacher, inputs, mcfg["max_new_tokens"], engine, judge,
                       text_teacher=parts.text_teacher, layer_map=parts.layer_map,
                       acoustic_teacher=parts.acoustic_teacher, acoustic_inputs=acoustic,

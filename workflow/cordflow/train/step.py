@@ -29,7 +29,8 @@ below, its formula a function of :mod:`cordflow.train.losses`):
   2509.18579, :mod:`cordflow.train.kd`): on the offpolicy term's targets (the text
   teacher's answers), the per-token KL to the text teacher (``losses.distill_loss``) and
   the hidden-state distance through the layer map (``losses.layer_loss``); on a batch of
-  the acoustic split, the per-token KL to the acoustic teacher (the starting weights) on
+  the acoustic items (the acoustic split's spoken questions and/or the audio-skill items
+  of train clips), the per-token KL to the acoustic teacher (the starting weights) on
   its greedy answers. Weighted by ``train.kd``'s lambda_text, lambda_layer, lambda_ac.
 
 The terms run in the order of :data:`TERMS`, which is the order in which they draw random
@@ -512,10 +513,15 @@ def kd_layer_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
 
 
 def kd_acoustic_term(spec: dict, ctx: StepContext, state: StepState) -> TermResult:
-    """Source-wise KD, the acoustic teacher: on a batch of the acoustic split's items
-    (``ctx.acoustic_inputs``), the acoustic teacher (the starting weights, frozen) answers
-    the audio prompt greedily; L = ``losses.distill_loss`` of the per-token KL between the
-    student and the acoustic teacher, both under the audio prompt, on those answers."""
+    """Source-wise KD, the acoustic teacher: on a batch of the acoustic items
+    (``ctx.acoustic_inputs``: the acoustic split's spoken questions, x_a = the clip, and/or
+    the audio-skill items of train clips, x_a = the clip + the skill question), the
+    acoustic teacher AC (the starting weights, frozen) answers x_a greedily, y; then
+    (``losses.distill_loss``; ``kl: forward``, the default; ``reverse`` swaps AC and S)::
+
+        L_ac = tau^2 (1/B) sum_i sum_t m_it KL(p_AC(. | y_<t, x_a) || p_S(. | y_<t, x_a))
+
+    the student S and the acoustic teacher both under the audio prompt, on y's tokens."""
     cfg = spec["kd_acoustic"]
     with state.timer("inputs"):
         batch = ctx.acoustic_inputs(state.index)
