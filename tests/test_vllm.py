@@ -323,6 +323,34 @@ def test_a_cord_train_job_with_the_vllm_engine(repo, python, spoken, init_dir, t
     assert not engine_children()
 
 
+def test_full_fine_tuning_on_2_ranks_with_vllm_trains_what_1_rank_trains(
+        repo, python, spoken, init_dir, tmp_path):  # noqa: F811
+    """FSDP2 (LM weights training on 2 ranks) with train.rollout_engine: vllm: every rank's
+    engines (the policy's and the teacher's) start from the gathered shards and each sync
+    gathers them again, so 2 ranks sample and train what 1 rank does (the same keyed
+    per-request seeds) and the engines stop with the job."""
+    from test_distributed import TOL, losses, max_weight_diff, train_cli
+
+    params = params_for_vllm(repo, python, steps=3, batch_size=4, ckpt_every=3,
+                             trainable=["full"])
+    one, two = tmp_path / "one" / "cord", tmp_path / "two" / "cord"
+    train_cli(params, init_dir, spoken, one, ranks=1)
+    run = train_cli(params, init_dir, spoken, two, ranks=2)
+    assert "FSDP2 over 2 ranks" in run.stderr
+    rows = [json.loads(x) for x in (two / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["time_sync"] > 0 for r in rows)  # the policy's engine was synced each step
+    for a, b in zip(losses(one), losses(two), strict=True):
+        assert b == pytest.approx(a, rel=TOL, abs=TOL)
+    assert max_weight_diff(one, two) < TOL
+
+
+def params_for_vllm(repo, python, **train):
+    from test_train_run import params_for
+
+    return params_for(repo, "cord", rollout_engine="vllm", vllm={"python": str(python)},
+                      **train)
+
+
 def test_evaluate_with_the_vllm_engine_gives_the_hf_answers(repo, python, spoken, init_dir,
                                                             tmp_path, monkeypatch):
     """The evaluate stage with evaluate.engine: vllm (the saved folder itself, served by

@@ -159,10 +159,6 @@ def plan(config: dict, ranks: int, hw: Hardware, audio_seconds: float = 10.0,
            "gpu_bytes": hw.gpu_gb * GB,
            "tokens_per_rank": tokens, "step_s": step_s, "compute_s": compute_s,
            "generate_s": generate_s, "steps": steps, "run_s": run_s}
-    if shard > 1 and engine == "vllm":
-        out["note"] = ("FSDP2 training samples with the transformers engine (vLLM with "
-                       "FSDP2 is not built yet): set train.rollout_engine: transformers; the "
-                       "vLLM memory is then free and generation is slower than planned")
     if runtime_min:
         out["runtime_min"] = runtime_min
         out["jobs"] = math.ceil(run_s / 60 / runtime_min)

@@ -233,10 +233,6 @@ def save_trained(loaded: models.Loaded, out_dir: Path, full: dict | None = None)
 
 def _check_shardable(spec: dict, teacher_kind: str) -> None:
     """What FSDP2 training does not cover yet, refused before any work."""
-    if spec.get("rollout_engine", "transformers") == "vllm":
-        raise SystemExit("train.rollout_engine 'vllm' with LM weights training on several "
-                         "ranks (FSDP2) is not supported yet: use 'transformers', LoRA "
-                         "(train.trainable: [lora, audio]) or one rank")
     if "lora" in spec["trainable"]:
         raise SystemExit("train.trainable: LoRA adapters together with LM weights on several "
                          "ranks (FSDP2) is not supported: train the LM weights ('full' or "

@@ -13,6 +13,11 @@ what vLLM's loader (and ``Worker.reload_weights(..., is_checkpoint_format=True)`
 
 :func:`trained_names` is what a sync pushes: the weights with a gradient and the weights of
 every LoRA-wrapped layer (their merge changes when the adapters train); nothing else.
+
+Under FSDP2 (LM weights training on several ranks) each weight is a shard (a DTensor):
+:func:`merged_weights` gathers it (``full_tensor()``, a collective: every rank calls it for
+the same names in the same order, which a sync or a start on every rank does), so each
+rank's engine serves the whole model.
 """
 
 from __future__ import annotations
@@ -35,6 +40,22 @@ def checkpoint_name(name: str) -> str:
         if name.startswith(old):
             return new + name[len(old):]
     raise ValueError(f"parameter {name!r} is not one of Qwen2-Audio's (no checkpoint name)")
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    from cordflow.train.dist import is_dtensor as dtensor
+
+    return dtensor(t)
+
+
+def model_class_name(core: torch.nn.Module) -> str:
+    """The transformers class of ``core`` (what save_pretrained records as its
+    architecture), also when FSDP2 has wrapped it in its ``FSDP<class>`` subclass."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2: nothing can be wrapped
+        return type(core).__name__
+    return next(c for c in type(core).__mro__ if not issubclass(c, FSDPModule)).__name__
 
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,6 +109,8 @@ def merged_weights(model: torch.nn.Module, names: list[str] | None = None
         if want is not None and ckpt not in want:
             continue
         w = p.detach()
+        if is_dtensor(w):  # an FSDP2 shard: every rank gathers the whole weight
+            w = w.full_tensor()
         if name.endswith(".base_layer.weight"):
             layer = lora[name.rsplit(".base_layer.", 1)[0]]
             if not layer.merged and not layer.disable_adapters:
@@ -110,7 +133,7 @@ def save_folder(model: torch.nn.Module, processor, folder: Path,
     folder.mkdir(parents=True, exist_ok=True)
     core = _core(model)
     config = copy.deepcopy(core.config)
-    config.architectures = [type(core).__name__]  # what save_pretrained records
+    config.architectures = [model_class_name(core)]  # what save_pretrained records
     config.save_pretrained(folder)
     processor.save_pretrained(folder)
     weights = merged_weights(model)
