@@ -49,7 +49,8 @@ def one(found: list[str]) -> str:
     {},
     "config/test.yaml",
     "config/presets/ablations.yaml",
-], ids=["default", "test", "ablations"])
+    "config/presets/vllm.yaml",
+], ids=["default", "test", "ablations", "vllm"])
 def test_the_shipped_configs_pass(repo, default, layer):
     if isinstance(layer, str):
         layer = yaml.safe_load((repo / layer).read_text())
