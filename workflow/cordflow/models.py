@@ -654,6 +654,13 @@ def generate_ids(model: torch.nn.Module, batch: dict, stop_ids: Sequence[int], p
     return ids.masked_fill(mask == 0, pad_id).contiguous(), mask
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """An FSDP2 shard (a DTensor): its ``full_tensor()`` gathers it over the ranks."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     """An FSDP2-sharded model on several ranks: every rank must run as many forwards as the
     longest generation (transformers' ``synced_gpus``), or the all-gathers hang."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cordflow.models import is_dtensor
 from cordflow.procs import die_with_parent
 
 log = logging.getLogger("cordflow.dist")
@@ -170,13 +171,6 @@ def average_gradients(params: Sequence[torch.nn.Parameter], world: World) -> Non
         n = p.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
-
-
-def is_dtensor(t: torch.Tensor) -> bool:
-    """An FSDP2 shard (a DTensor): its ``full_tensor()`` gathers it over the ranks."""
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
 
 
 def mean_metrics(metrics: dict[str, float], world: World,

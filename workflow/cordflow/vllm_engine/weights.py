@@ -42,12 +42,6 @@ def checkpoint_name(name: str) -> str:
     raise ValueError(f"parameter {name!r} is not one of Qwen2-Audio's (no checkpoint name)")
 
 
-def is_dtensor(t: torch.Tensor) -> bool:
-    from cordflow.train.dist import is_dtensor as dtensor
-
-    return dtensor(t)
-
-
 def model_class_name(core: torch.nn.Module) -> str:
     """The transformers class of ``core`` (what save_pretrained records as its
     architecture), also when FSDP2 has wrapped it in its ``FSDP<class>`` subclass."""
@@ -98,6 +92,8 @@ def merged_weights(model: torch.nn.Module, names: list[str] | None = None
                    ) -> dict[str, torch.Tensor]:
     """Checkpoint name -> weight (LoRA merged, contiguous, on the CPU) for ``names`` (all
     weights when None)."""
+    from cordflow.models import is_dtensor
+
     core = _core(model)
     lora = _lora_layers(core)
     want = set(names) if names is not None else None
