@@ -50,9 +50,9 @@ RULE_KEYS: dict[str, list[str]] = {
 # to code changes). Shared infrastructure that only moves bytes around is not listed.
 # tests/test_reruns.py checks each list is exactly the code the stage's CLI command reaches
 # (the table readers in source/schema.py and tts/schema.py included).
-_TTS_SYNTH = ["tts/__init__.py", "tts/backends.py", "tts/coqui.py", "tts/espeak.py",
-              "tts/piper.py", "tts/post.py", "tts/quality.py", "tts/schema.py", "tts/shard.py",
-              "tts/store.py", "tts/voices.py"]
+_TTS_SYNTH = ["audio.py", "tts/__init__.py", "tts/backends.py", "tts/coqui.py", "tts/espeak.py",
+              "tts/piper.py", "tts/post.py", "tts/quality.py", "tts/asr.py", "tts/schema.py",
+              "tts/shard.py", "tts/store.py", "tts/voices.py"]
 _TABLES = ["source/schema.py", "tts/schema.py"]
 # The vLLM engine: the job's side, and the server and plugin it runs in the vLLM venv.
 _VLLM = ["vllm_engine/engine.py", "vllm_engine/process.py", "vllm_engine/protocol.py",

@@ -32,7 +32,9 @@ every item of every QA table, sorted by ``id`` and ``take``:
   the file; ``sample_rate`` (Hz), ``n_samples``, ``duration`` (s, padding included);
 - measurements: ``speech_duration`` (s, without the padding), ``silence_ratio``,
   ``clip_ratio`` (raw output at full scale), ``loudness_lufs`` and ``peak_dbfs`` of the
-  clip (``-inf`` when silent).
+  clip (``-inf`` when silent); ``asr_wer`` and ``asr_heard``: an offline recogniser's
+  word error rate against ``spoken`` and what it heard (``tts.quality.asr``; NaN and ""
+  when it is off, :mod:`cordflow.tts.asr`).
 
 Rejected clips are kept (in the manifest and in ``rejected.parquet``, same columns, with
 their audio) and clips in = ok + flagged + rejected, per shard and in total, or the stage

@@ -6,16 +6,19 @@ Rejected (the clip does not say the question, or cannot be used):
 per character: text was skipped). Flagged (kept, but worth a look): ``too_slow`` (over
 ``max_sec_per_char``), ``silence`` (share of quiet frames within the speech over
 ``max_silence_ratio``), ``clipped`` (share of raw samples at full scale over
-``max_clip_ratio``). A clip with any rejection is ``rejected``, else with any flag
+``max_clip_ratio``), ``unintelligible`` (with ``tts.quality.asr.enabled``: an offline
+recogniser's word error rate over ``asr.max_wer``, :mod:`cordflow.tts.asr`). A clip with
+any rejection is ``rejected``, else with any flag
 ``flagged``, else ``ok``; ``flags`` lists the codes, ``reason`` joins the entries with "; ".
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 REJECT = ("empty", "too_long", "too_fast")
-FLAG = ("too_slow", "silence", "clipped")
+FLAG = ("too_slow", "silence", "clipped", "unintelligible")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ def n_chars(text: str) -> int:
 
 def check(m: dict, spoken: str, q: dict) -> Verdict:
     """Judge one clip from its measurements ``m`` (the store's metadata: ``duration``,
-    ``speech_duration``, ``silence_ratio``, ``clip_ratio``) and ``q`` = ``tts.quality``."""
+    ``speech_duration``, ``silence_ratio``, ``clip_ratio``; with ``q["asr"]["enabled"]``
+    also ``asr_wer`` and ``asr_heard``) and ``q`` = ``tts.quality``."""
     problems: list[tuple[str, str]] = []
     key = "tts.quality."
     if m["speech_duration"] <= 0:
@@ -54,6 +58,11 @@ def check(m: dict, spoken: str, q: dict) -> Verdict:
     if m["clip_ratio"] > q["max_clip_ratio"]:
         problems.append(("clipped", f"{m['clip_ratio']:.4f} of samples at full scale > "
                                     f"{key}max_clip_ratio {q['max_clip_ratio']}"))
+    asr = q.get("asr") or {}
+    wer = m.get("asr_wer", math.nan)
+    if asr.get("enabled") and not math.isnan(wer) and wer > asr["max_wer"]:
+        problems.append(("unintelligible", f"word error rate {wer:.2f} > {key}asr.max_wer "
+                                           f"{asr['max_wer']} (heard: '{m['asr_heard']}')"))
     order = {code: i for i, code in enumerate(REJECT + FLAG)}
     problems.sort(key=lambda p: order[p[0]])
     codes = [c for c, _ in problems]

@@ -44,6 +44,8 @@ CLIP_ARROW = pa_arrow.schema(
         ("clip_ratio", pa_arrow.float64()),
         ("loudness_lufs", pa_arrow.float64()),
         ("peak_dbfs", pa_arrow.float64()),
+        ("asr_wer", pa_arrow.float64()),
+        ("asr_heard", pa_arrow.string()),
     ]
 )
 CLIP_COLUMNS = CLIP_ARROW.names
@@ -106,6 +108,8 @@ CLIP_SCHEMA = pa.DataFrameSchema(
         "clip_ratio": pa.Column(float, pa.Check.in_range(0, 1)),
         "loudness_lufs": pa.Column(float),
         "peak_dbfs": pa.Column(float),
+        "asr_wer": pa.Column(float, pa.Check.ge(0), nullable=True),
+        "asr_heard": pa.Column(str),
     },
     checks=[
         pa.Check(_sorted_by_id_take, element_wise=False,
@@ -128,9 +132,11 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: pa_arrow.Schema) -> 
 
 
 def clip_frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a clip table (the ``asr_*`` columns: NaN and "" where a row has none)."""
+    rows = [{"asr_wer": float("nan"), "asr_heard": "", **r} for r in rows]
     df = pd.DataFrame(rows, columns=CLIP_COLUMNS)
     for col in ("duration", "speech_duration", "silence_ratio", "clip_ratio",
-                "loudness_lufs", "peak_dbfs"):
+                "loudness_lufs", "peak_dbfs", "asr_wer"):
         df[col] = df[col].astype("float64")
     for col in ("take", "sample_rate", "n_samples"):
         df[col] = df[col].astype("int64")

@@ -149,9 +149,19 @@ def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | P
                   file=sys.stderr, mininterval=1.0) as bar:
             records.update(speak_all(jobs, store, cfg["post"], metas, threads, bar))
 
+    heard = {}
+    if cfg["quality"]["asr"]["enabled"]:  # intelligibility: each distinct clip heard once
+        from cordflow.tts import asr
+
+        todo = {c.key: (records[c.key]["path"], c.text) for c in clips}
+        with tqdm(total=len(todo), desc=f"{name}: asr", unit="clip", file=sys.stderr,
+                  mininterval=1.0) as bar:
+            heard = asr.transcribe(todo, bar)
     rows = []
     for c in clips:
         rec = records[c.key]
+        if c.key in heard:
+            rec = {**rec, "asr_wer": heard[c.key].wer, "asr_heard": heard[c.key].heard}
         verdict = quality.check(rec, c.text, cfg["quality"])
         rows.append({
             "id": c.item_id, "take": c.take, "split": c.split, "voicing": c.voicing,
@@ -164,6 +174,7 @@ def run(params: dict, plan_path: str | Path, out: str | Path, store_dir: str | P
             "spoken": c.text,
             **{k: rec[k] for k in ("speech_duration", "silence_ratio", "clip_ratio",
                                    "loudness_lufs", "peak_dbfs")},
+            "asr_wer": rec.get("asr_wer", float("nan")), "asr_heard": rec.get("asr_heard", ""),
         })
     table = CLIP_SCHEMA.validate(clip_frame(rows))
     counts = table["status"].value_counts()
