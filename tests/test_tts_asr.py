@@ -43,6 +43,11 @@ def test_word_error_rate_is_the_edit_distance_over_the_spoken_words(ref, hyp):
     assert asr.words("What's 25, then?") == ["what's", "twenty", "five", "then"]
 
 
+def test_nothing_to_say_and_nothing_said():
+    assert asr.hear(np.zeros(0, dtype=np.float32)) == ""  # an empty clip (rejected, kept)
+    assert asr.word_error_rate("...", "") == 0.0 and asr.word_error_rate("...", "a") == 1.0
+
+
 def test_a_neural_voice_is_heard_and_a_tone_is_not():
     backend = PiperBackend(tts_config({}))
     try:

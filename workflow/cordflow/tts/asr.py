@@ -23,7 +23,6 @@ set.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -51,13 +50,13 @@ def words(text: str) -> list[str]:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    """(S + D + I) / N of ``hypothesis`` against ``reference`` (N: reference words; an empty
-    reference gives 0 for an empty hypothesis, else inf)."""
+    """(S + D + I) / N of ``hypothesis`` against ``reference`` (N: reference words; a
+    reference with no words gives 0 when nothing is heard, else 1)."""
     import jiwer
 
     ref, hyp = " ".join(words(reference)), " ".join(words(hypothesis))
     if not ref:
-        return 0.0 if not hyp else math.inf
+        return 0.0 if not hyp else 1.0
     if not hyp:
         return 1.0
     return float(jiwer.wer(ref, hyp))
@@ -78,7 +77,9 @@ def _decoder():
 
 
 def hear(samples: np.ndarray) -> str:
-    """What the recogniser hears in 16 kHz mono float samples."""
+    """What the recogniser hears in 16 kHz mono float samples ("" in no samples)."""
+    if samples.size == 0:
+        return ""
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
     dec = _decoder()
     dec.start_utt()
