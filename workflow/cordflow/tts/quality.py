@@ -8,8 +8,8 @@ per character: text was skipped). Flagged (kept, but worth a look): ``too_slow``
 ``max_silence_ratio``), ``clipped`` (share of raw samples at full scale over
 ``max_clip_ratio``), ``unintelligible`` (with ``tts.quality.asr.enabled``: an offline
 recogniser's word error rate over ``asr.max_wer``, :mod:`cordflow.tts.asr`). A clip with
-any rejection is ``rejected``, else with any flag
-``flagged``, else ``ok``; ``flags`` lists the codes, ``reason`` joins the entries with "; ".
+any rejection is ``rejected``, else with any flag ``flagged``, else ``ok``; ``flags``
+lists the codes, ``reason`` joins the entries with "; ".
 """
 
 from __future__ import annotations
