@@ -24,6 +24,7 @@ envvars:
 from snakemake.exceptions import WorkflowError
 
 from cordflow.config import (
+    BUILT_PRESETS,
     ConfigError,
     benchmark_params,
     code_version,
@@ -113,6 +114,14 @@ def repeat_opt(flag, paths):
 
 def qa_table(split):
     return QA_TABLE.format(split=split)
+
+
+def bar_table():
+    """The table the built base checks base.text.bar on (its bar_split); a staged base
+    reads none."""
+    if config["model"]["preset"] not in BUILT_PRESETS:
+        return []
+    return [qa_table(config["base"]["text"]["bar_split"])]
 
 
 def local_source_files():

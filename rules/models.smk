@@ -1,6 +1,7 @@
 rule base:
     input:
         qa_train=qa_table("train"),
+        qa_bar=bar_table(),
         qa_test=qa_table("test"),
         manifest=MANIFEST,
     output:
@@ -12,10 +13,11 @@ rule base:
     params:
         cfg=params_of("base"),
         code=code_version("base"),
+        bar=lambda wildcards, input: repeat_opt("--qa-bar", input.qa_bar),
     shell:
         "python -m cordflow base --params {params.cfg:q} --qa-train {input.qa_train:q}"
-        " --qa-test {input.qa_test:q} --manifest {input.manifest:q} --out-dir {output:q}"
-        " --ranks {resources.ranks} > {log:q} 2>&1"
+        " {params.bar} --qa-test {input.qa_test:q} --manifest {input.manifest:q}"
+        " --out-dir {output:q} --ranks {resources.ranks} > {log:q} 2>&1"
 
 
 rule warmup:

@@ -175,7 +175,8 @@ def test_only_the_base_stage_trains_the_skill_items_at_the_configured_amount(
     monkeypatch.setattr(base, "target_nll", spy)
     monkeypatch.setattr(infer, "answers", answers_spy)
     out = tmp_path / "base"
-    base.run({"seed": 3, "model": MODEL, "base": BASE}, qa_train, qa_test, manifest, out)
+    base.run({"seed": 3, "model": MODEL, "base": BASE}, qa_train, qa_test, manifest, out,
+             qa_bar=qa_test)  # the fixture has no dev split: its bar checks test (bar 0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skills_phase"] == {"steps": 2, "items": 10}
     assert 0 <= metrics["final"]["heldout_skill_acc"] <= 1

@@ -92,6 +92,26 @@ def test_the_acoustic_items_are_checked(default):
         "acoustic_skills false")
 
 
+def test_the_base_is_chosen_on_a_split_of_the_run(default):
+    """A built base checks its text bar on base.text.bar_split (dev by default, never a
+    benchmark's split unless asked): a split the run does not make stops it; without a dev
+    split the user is told to add one or name another; a staged base reads none."""
+    assert one(problems(default, {"base": {"text": {"bar_split": "dve"}}})) == (
+        "config key 'base.text.bar_split': 'dve' is not a source split; allowed: the "
+        "splits of source.splits (train, dev, test)")
+    no_dev = copy.deepcopy(default)
+    no_dev["source"]["splits"] = ["train", "test"]
+    del no_dev["source"]["builtin"]["n_per_family"]["dev"]
+    no_dev["evaluate"]["benchmarks"] = [b for b in no_dev["evaluate"]["benchmarks"]
+                                        if b.get("split") != "dev"]
+    assert one(problems(no_dev)) == (
+        "config key 'base.text.bar_split': 'dev' is not a source split; allowed: the "
+        "splits of source.splits (train, test)")
+    assert problems(no_dev, {"base": {"text": {"bar_split": "test"}}}) == []
+    staged = {"model": {"preset": "qwen2-audio-7b"}}
+    assert not [p for p in problems(no_dev, staged) if "bar_split" in p]
+
+
 def test_the_reference_model_must_be_a_model_of_the_run(default):
     assert one(problems(default, {"summarize": {"reference": "cord_a2_b3"}})) == (
         "config key 'summarize.reference': 'cord_a2_b3' is not a model of this run; allowed: "

@@ -186,7 +186,8 @@ def test_the_base_stage_on_2_ranks_trains_what_1_rank_trains(repo, spoken, tmp_p
     for ranks in (1, 2):
         out = tmp_path / str(ranks) / "base"
         cmd = [sys.executable, "-m", "cordflow", "base", "--params", json.dumps(params),
-               "--qa-train", "results/qa/train.parquet", "--qa-test", "results/qa/test.parquet",
+               "--qa-train", "results/qa/train.parquet", "--qa-bar", "results/qa/test.parquet",
+               "--qa-test", "results/qa/test.parquet",
                "--manifest", "results/audio/manifest.parquet", "--out-dir", str(out),
                "--ranks", str(ranks)]
         run = subprocess.run(cmd, cwd=spoken, capture_output=True, text=True, timeout=600,

@@ -137,6 +137,8 @@ def base(
     qa_test: Annotated[Path, typer.Option()],
     manifest: Annotated[Path, typer.Option()],
     out_dir: Annotated[Path, typer.Option()],
+    qa_bar: Annotated[Path | None, typer.Option(
+        help="The base.text.bar_split table (built presets).")] = None,
     params: ParamsOpt = None,
     config: ConfigOpt = None,
     ranks: RanksOpt = 1,
@@ -147,8 +149,9 @@ def base(
 
     _ranks(ranks)
     p = _params("base", params, config)
-    with stage_run("base", p, [qa_train, qa_test, manifest], [out_dir]):
-        stage.run(p, qa_train, qa_test, manifest, out_dir)
+    inputs = [qa_train, *([qa_bar] if qa_bar else []), qa_test, manifest]
+    with stage_run("base", p, inputs, [out_dir]):
+        stage.run(p, qa_train, qa_test, manifest, out_dir, qa_bar)
 
 
 @app.command()

@@ -19,6 +19,9 @@ import yaml
 PKG_DIR = Path(__file__).resolve().parent
 REPO_DIR = PKG_DIR.parent.parent
 SCHEMA = REPO_DIR / "config" / "schema.yaml"
+# model.preset values built here with fresh random weights (the base stage trains them);
+# the others are staged checkpoints (cordflow.models).
+BUILT_PRESETS = ("tiny", "qwen2-audio-shape")
 
 # rule -> dotted config keys it reads (its params). Keep in step with the stage code.
 RULE_KEYS: dict[str, list[str]] = {
@@ -320,7 +323,7 @@ def _split_problems(config: dict) -> list[str]:
     allowed = f"allowed: the splits of source.splits ({_listed(splits)})"
     out = []
     for required, why in (("train", "every model stage trains on it"),
-                          ("test", "the base stage checks its text accuracy on it")):
+                          ("test", "the base stage reports its held-out accuracy on it")):
         if required not in splits:
             out.append(f"config key 'source.splits': has no '{required}' split ({why}); "
                        f"add it")
@@ -335,6 +338,8 @@ def _split_problems(config: dict) -> list[str]:
               for k, v in (h.get("splits") or {}).items()]
     named += [(f"evaluate.benchmarks[{i}].split", b["split"])
               for i, b in enumerate(config["evaluate"]["benchmarks"]) if "split" in b]
+    if config["model"]["preset"] in BUILT_PRESETS:
+        named += [("base.text.bar_split", config["base"]["text"]["bar_split"])]
     acoustic = config["train"].get("kd", {}).get("acoustic_split")
     named += [("train.kd.acoustic_split", acoustic)] if acoustic else []
     for key, value in named:
@@ -373,7 +378,7 @@ def _model_problems(config: dict) -> list[str]:
         out.append(f"config key 'summarize.reference': '{ref}' is not a model of this run; "
                    f"allowed: {_listed(models)} (base, warmup and train.methods)")
     model = config["model"]
-    if model["preset"] not in ("tiny", "qwen2-audio-shape"):  # models.BUILT_PRESETS
+    if model["preset"] not in BUILT_PRESETS:
         how = (f"preset '{model['preset']}' loads staged weights only (nothing is "
                "downloaded): stage them in a local folder (config.json, "
                "preprocessor_config.json, tokenizer files, *.safetensors) and set model.path "

@@ -78,9 +78,6 @@ LORA_TARGET = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
 STAGED_FILES = ("config.json", "preprocessor_config.json", "tokenizer_config.json",
                 "*.safetensors")
 PRESET_SOURCES = {"qwen2-audio-7b": "Qwen/Qwen2-Audio-7B-Instruct"}
-# Presets built here with fresh random weights (the base stage trains them); the others are
-# staged checkpoints.
-BUILT_PRESETS = ("tiny", "qwen2-audio-shape")
 # A base folder for a real preset holds only this pointer to the staged weights.
 POINTER = "staged.json"
 
@@ -172,13 +169,15 @@ def build_tiny(tiny: dict, corpus: Sequence[str], seed: int):
 
 
 def build(mcfg: dict, corpus: Sequence[str], seed: int):
-    """A fresh model of a built preset (:data:`BUILT_PRESETS`) and its processor: ``mcfg`` is
-    the ``model`` section; ``corpus`` trains the tiny preset's tokenizer."""
+    """A fresh model of a built preset (:data:`cordflow.config.BUILT_PRESETS`) and its
+    processor: ``mcfg`` is the ``model`` section; ``corpus`` trains the tiny preset's
+    tokenizer."""
     if mcfg["preset"] == "qwen2-audio-shape":
         return build_shape(mcfg["tiny"], seed)
     if mcfg["preset"] == "tiny":
         return build_tiny(mcfg["tiny"], corpus, seed)
-    raise ValueError(f"preset {mcfg['preset']!r} is staged, not built (BUILT_PRESETS)")
+    raise ValueError(f"preset {mcfg['preset']!r} is staged, not built "
+                     "(cordflow.config.BUILT_PRESETS)")
 
 
 def _build_random(tokenizer, size: dict, chunk: int, mel_bins: int, vocab: int,
