@@ -31,10 +31,13 @@ def init_dir(spoken, tmp_path_factory):
 
 
 def params_for(repo, method, base=None, **train):
+    """The default config's method params, small; LoRA + encoder train (the schema's
+    default and the 7B preset's) unless ``trainable`` says otherwise."""
     over = {"model": {"tiny": {"chunk_length": 4, "vocab_size": 320}, "max_new_tokens": 4},
             "base": base or {},
             "train": {"steps": STEPS, "batch_size": 2, "ckpt_every": 2,
-                      "sequence": {"n": 2}, "token": {"k": 2}, **train}}
+                      "sequence": {"n": 2}, "token": {"k": 2},
+                      "trainable": ["lora", "audio"], **train}}
     return method_params(load_config(repo / "config" / "config.yaml", over), method)
 
 
@@ -84,6 +87,25 @@ def test_every_method_trains_logs_and_saves(repo, spoken, init_dir, tmp_path, me
     assert (out / "tb").is_dir()
     loaded = models.load(out, params["model"])  # evaluation loads the merged model
     assert not hasattr(loaded.model, "peft_config")
+
+
+def test_the_defaults_audio_only_training_keeps_every_text_answer(repo, spoken, init_dir,
+                                                                  tmp_path):
+    """The tiny default trains the speech path only (train.trainable: [audio]): cord
+    changes the audio encoder and projector, saves no adapter, and leaves every language
+    model weight, so every text answer (and the in-model teacher) is the init's."""
+    params = params_for(repo, "cord", trainable=["audio"], lr=0.05)
+    assert params_for(repo, "cord", **{"trainable": load_config(
+        repo / "config" / "config.yaml")["train"]["trainable"]})["method"]["trainable"] == [
+            "audio"]  # what config.yaml ships
+    out = tmp_path / "cord"
+    train(params, init_dir, spoken, out)
+    assert not (out / "adapter").exists()
+    before, after = (load_file(d / "model.safetensors") for d in (init_dir, out))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("audio_tower.", "multi_modal_projector."))
+                           for k in changed), sorted(changed)[:5]
 
 
 def test_kd_with_acoustic_items_and_a_separate_text_teacher(repo, spoken, init_dir, tmp_path,

@@ -142,6 +142,7 @@ def test_after_training_steps_with_sync_vllm_serves_the_new_weights(repo, python
     over = {"model": {"tiny": {"chunk_length": 2, "vocab_size": 320},
                       "max_new_tokens": MAX_NEW},
             "train": {"batch_size": 2, "steps": 3, "lr": 0.05, "warmup_steps": 0,
+                      "trainable": ["lora", "audio"],  # the sync merges LoRA
                       "sequence": {"n": 2}, "token": {"k": 2}, "rollout_engine": "vllm",
                       "vllm": {"python": str(python)}}}
     config = load_config(repo / "config" / "config.yaml", over)
