@@ -166,9 +166,8 @@ def text_phase(loaded: models.Loaded, cfg: dict, max_new: int, text_train, bar_i
     until the text accuracy on ``bar_items`` (new questions of ``base.text.bar_split``,
     checked every ``eval_every`` steps) reaches ``base.text.bar``; fail if the step budget
     ends below it. ``cfg``: the ``base`` section. Returns the phase's steps and final text
-    accuracy on ``bar_items``. On several ranks
-    each takes its share of every batch; each evaluates the bar (the same weights give the
-    same verdict on every rank)."""
+    accuracy on ``bar_items``. On several ranks each takes its share of every batch; each
+    evaluates the bar (the same weights give the same verdict on every rank)."""
     models.set_trainable(loaded.model, ["lm"])
     tcfg = cfg["text"]
     batches = data.Batches(len(text_train), tcfg["batch_size"], seed)
