@@ -157,3 +157,33 @@ def test_a_base_pointer_resolves_to_the_staged_folder(tmp_path, loaded):
     (staged / "config.json").unlink()
     with pytest.raises(SystemExit, match="no longer holds.*config.json"):
         models.resolve_folder(base)
+
+
+def test_a_clip_read_again_comes_from_memory_unchanged_and_the_memory_is_bounded(
+        tmp_path, monkeypatch):
+    """Training reads every clip once per epoch: the second read is the kept array (same
+    samples as the file, read-only so no reader can change what the next one gets), and
+    the clips kept never exceed CLIP_CACHE_BYTES (least recently read out first)."""
+    import soundfile as sf
+
+    from cordflow.audio import load_mono
+
+    monkeypatch.setattr(models, "_clips", type(models._clips)())
+    monkeypatch.setattr(models, "_clip_bytes", 0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.flac")
+        sf.write(paths[-1], tiny.tone(0.5, 200 + 100 * i), 16000)
+    first = models.read_audio(paths[0])
+    assert models.read_audio(str(paths[0])) is first
+    assert (first == load_mono(str(paths[0]))).all()
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 1.0
+    monkeypatch.setattr(models, "CLIP_CACHE_BYTES", 2 * first.nbytes)  # room for two clips
+    models.read_audio(paths[1])
+    models.read_audio(paths[0])  # read again: now the most recent
+    models.read_audio(paths[2])  # pushes out clip 1, the least recently read
+    assert list(models._clips) == [str(paths[0]), str(paths[2])]
+    assert models._clip_bytes == 2 * first.nbytes
+    assert models.read_audio(paths[0]) is first
+    assert (models.read_audio(paths[1]) == load_mono(str(paths[1]))).all()  # from the file
