@@ -115,7 +115,7 @@ def test_the_base_is_chosen_on_a_split_of_the_run(default):
 def test_the_reference_model_must_be_a_model_of_the_run(default):
     assert one(problems(default, {"summarize": {"reference": "cord_a2_b3"}})) == (
         "config key 'summarize.reference': 'cord_a2_b3' is not a model of this run; allowed: "
-        "base, warmup, sft, cord (base, warmup and train.methods)")
+        "base, warmup, sft, forward_kl, cord (base, warmup and train.methods)")
 
 
 @pytest.mark.parametrize("judge, key, words", [
