@@ -823,7 +823,8 @@ def read_audio(path: str | Path) -> np.ndarray:
     A training stage reads every clip again each epoch (the base's audio phase: 1,600 steps
     over 960 clips), so decoded clips are kept, up to :data:`CLIP_CACHE_BYTES` in all (the
     default's train clips take ~150 MB; a 7B run's 30-second clips fall out of it in turn).
-    The clip store is content-addressed, so a path's audio never changes under it."""
+    Within a job a path's audio does not change (the clip store is content-addressed;
+    benchmark files are the job's inputs)."""
     global _clip_bytes
     key = str(path)
     clip = _clips.get(key)

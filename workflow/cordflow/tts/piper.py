@@ -31,9 +31,9 @@ the model's own distribution (mean and scale of the node), so the voice sounds a
 makes it, and a clip depends only on its text and voice: the same samples in any order, in
 any shard, in a fresh process or not (checked when the backend starts). onnxruntime runs
 with one intra-op thread: its CPU kernels give (slightly, ~1e-6) different sums with
-another thread count, and one thread is also the fastest here (the shard's second thread
-post-processes). As with any float model, other CPUs (instruction sets) may differ in the
-last bits; the store key holds the package, onnxruntime and model versions.
+another thread count, and one thread is also the fastest here (a shard given two threads
+post-processes in the other). As with any float model, other CPUs (instruction sets) may
+differ in the last bits; the store key holds the package, onnxruntime and model versions.
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ and voices; :mod:`cordflow.tts.voices`), look the clip up in the store by its ke
 (:mod:`cordflow.tts.store`), and only if it is missing synthesise and post-process it;
 then run the quality checks (:mod:`cordflow.tts.quality`). The table
 (:data:`~cordflow.tts.CLIP_SCHEMA`, sorted by id and take) depends only on the plan and the
-config, never on what the store already held. With ``threads >= 2`` the backend speaks
-the next clips in a second thread while this one post-processes (espeak and the audio
-libraries release the GIL); the output is the same either way. Every backend a shard speaks
-with (``tts.backend`` and the voicings') is started once per shard, in this one process.
+config, never on what the store already held. With ``threads >= 2`` the backend speaks the
+next clips in a second thread while this one post-processes (espeak and the audio
+libraries release the GIL); the output is the same either way. The workflow profile gives
+a shard one thread: two shards side by side finish sooner than one with a look-ahead.
+Every backend a shard speaks with (``tts.backend`` and the voicings') is started once per
+shard, in this one process.
 """
 
 from __future__ import annotations
